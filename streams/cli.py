@@ -1,0 +1,46 @@
+"""The `streams` command. Each sub-command lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from streams.errors import UserError
+
+# A sub-command module exposes `register(subparsers)`, which adds its parser and sets
+# `func=<callable(args) -> int>` as the parser default.
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def _registrations() -> list[Register]:
+    return []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streams",
+        description="Process DynamoDB and Kinesis change streams: poison-safe, ordered, "
+        "nothing lost silently.",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for register in _registrations():
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except UserError as error:
+        print(f"streams: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("streams: interrupted", file=sys.stderr)
+        return 130
