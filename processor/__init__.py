@@ -1,0 +1,1 @@
+"""The deployable function: `processor.app.lambda_handler` and the worked example."""

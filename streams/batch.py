@@ -1,0 +1,464 @@
+"""The batch core: one stream batch, record by record, in order.
+
+It cooperates with how Lambda checkpoints a shard (ESM-SPEC section 3): Lambda resumes *at* the
+lowest reported batch item failure and delivers it and everything after it again. So the core
+
+- goes on after a success;
+- parks a poison record (full payload to the dead-letter queue) and goes on;
+- retries a transient failure in place, and if it still fails, **stops** and reports exactly
+  that record: later records are not touched (no duplicates, per-key order kept);
+- parks a record that keeps failing transiently once it is older than `max_record_age`
+  (reason `too-old`), instead of holding the shard until the stream drops it;
+- acknowledges nothing that is not durable: if the dead-letter queue cannot take a record, the
+  response checkpoints at it;
+- never starts a record when the invocation's remaining time is below `time_margin`.
+
+The same result drives Lambda (`BatchResult.lambda_response`) and KCL (`BatchResult.last_done`,
+the record to checkpoint *after*).
+"""
+
+from __future__ import annotations
+
+import os
+import random as _random
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from streams.deadletter import (
+    SQS_BATCH_ENTRIES,
+    DeadLetter,
+    DeadLetterSink,
+    ErrorInfo,
+    FunctionInfo,
+    Reason,
+    SqsDeadLetterQueue,
+)
+from streams.records import RecordDecodeError, StreamRecord, parse_records
+
+__all__ = [
+    "BatchResult",
+    "Halted",
+    "Poison",
+    "RetryPolicy",
+    "StopCause",
+    "StreamProcessor",
+    "Transient",
+    "TransientErrors",
+]
+
+StopCause = Literal["transient", "time", "dead-letter"]
+Handler = Callable[[Any], object]
+
+
+class Poison(Exception):
+    """Raise from a handler: this record can never succeed. It is parked and the batch goes on."""
+
+
+class Transient(Exception):
+    """Raise from a handler: this record may succeed if tried again. It is retried in place."""
+
+
+class Halted(RuntimeError):
+    """`halt_after` consecutive failures of one exception type: the invocation fails on purpose."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """In-place retries of a transient failure.
+
+    Truncated binary exponential backoff with full jitter: before retry `i` (0-based) the core
+    sleeps `t_i = rand(0, 1) * min(base_delay * 2 ** i, max_delay)` seconds, at most `retries`
+    times, and never when the sleep would end inside the invocation's time margin.
+    """
+
+    retries: int = 3
+    base_delay: float = 0.2
+    max_delay: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("RetryPolicy values must not be negative")
+
+    def delay(self, retry: int, rand: Callable[[], float]) -> float:
+        return rand() * min(self.base_delay * 2.0**retry, self.max_delay)
+
+
+class TransientErrors:
+    """Decides whether an exception is worth retrying in place.
+
+    Transient: `Transient`; a `ClientError` whose code is a throttling code or whose HTTP status
+    is 5xx; a connection error or timeout (botocore's, or the built-in ones); any type in `extra`.
+    """
+
+    THROTTLING_CODES = frozenset(
+        {
+            "ThrottlingException",
+            "Throttling",
+            "ThrottledException",
+            "RequestThrottledException",
+            "TooManyRequestsException",
+            "ProvisionedThroughputExceededException",
+            "RequestLimitExceeded",
+            "TransactionInProgressException",
+            "RequestThrottled",
+            "SlowDown",
+            "BandwidthLimitExceeded",
+            "LimitExceededException",
+            "PriorRequestNotComplete",
+            "EC2ThrottledException",
+        }
+    )
+
+    def __init__(self, extra: Sequence[type[BaseException]] = ()) -> None:
+        self._types: tuple[type[BaseException], ...] = (
+            Transient,
+            BotoConnectionError,  # endpoint, proxy, SSL, connect timeouts
+            HTTPClientError,  # read timeouts, connections closed mid-response
+            ConnectionError,
+            TimeoutError,
+            *extra,
+        )
+
+    def __call__(self, error: BaseException) -> bool:
+        if isinstance(error, ClientError):
+            response = error.response
+            code = response.get("Error", {}).get("Code", "")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return code in self.THROTTLING_CODES or status >= 500
+        return isinstance(error, self._types)
+
+
+class LambdaContext(Protocol):
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What happened to one batch.
+
+    `records[:done]` were handled or durably parked; `records[done:]` must be delivered again.
+    """
+
+    records: Sequence[StreamRecord]
+    done: int
+    stop_cause: StopCause | None = None
+    parked: tuple[DeadLetter, ...] = ()
+    retries: int = 0
+
+    @property
+    def failed_record(self) -> StreamRecord | None:
+        """The record to resume *at* (Lambda's checkpoint), None when the batch is done."""
+        return self.records[self.done] if self.done < len(self.records) else None
+
+    @property
+    def last_done(self) -> StreamRecord | None:
+        """The record to checkpoint *after* (KCL's checkpoint), None when none is done."""
+        return self.records[self.done - 1] if self.done else None
+
+    def lambda_response(self) -> dict[str, list[dict[str, str]]]:
+        """The partial batch response: exactly the first record that must be retried."""
+        failed = self.failed_record
+        if failed is None:
+            return {"batchItemFailures": []}
+        return {"batchItemFailures": [{"itemIdentifier": failed.sequence_number}]}
+
+
+@dataclass
+class _HaltCounter:
+    """Consecutive failures of one exception type, across invocations of the warm process."""
+
+    limit: int | None
+    error_type: str | None = None
+    count: int = 0
+
+    def success(self) -> None:
+        self.error_type, self.count = None, 0
+
+    def failure(self, error_type: str) -> bool:
+        """Count one failure; True when the limit is reached."""
+        if error_type == self.error_type:
+            self.count += 1
+        else:
+            self.error_type, self.count = error_type, 1
+        return self.limit is not None and self.count >= self.limit
+
+
+class _Deadline:
+    """The invocation's remaining time, from the Lambda context (no context: no limit)."""
+
+    def __init__(self, context: object, margin: float) -> None:
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        self._remaining: Callable[[], int] | None = remaining if callable(remaining) else None
+        self._margin_ms = margin * 1000
+
+    def allows(self, seconds: float = 0.0) -> bool:
+        """True if `seconds` more still leave the margin."""
+        if self._remaining is None:
+            return True
+        return self._remaining() - seconds * 1000 >= self._margin_ms
+
+
+@dataclass
+class _Outcome:
+    letter: DeadLetter | None = None
+    stop: bool = False
+    retries: int = 0
+
+
+@dataclass
+class _Counters:
+    processed: int = 0
+    retries: int = 0
+    parked: dict[str, int] = field(default_factory=dict)
+
+
+class StreamProcessor:
+    """Runs a per-record handler over Lambda stream batches; see the module docstring.
+
+    ```python
+    processor = StreamProcessor(handle)          # dead-letter queue from DEAD_LETTER_QUEUE_URL
+    def lambda_handler(event, context):
+        return processor.process(event, context)  # {"batchItemFailures": [...]}
+    ```
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        dead_letters: DeadLetterSink | None = None,
+        transient: Sequence[type[BaseException]] = (),
+        retry: RetryPolicy | None = None,
+        max_record_age: timedelta | None = timedelta(hours=6),
+        time_margin: float = 5.0,
+        halt_after: int | None = None,
+        logger: Logger | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if halt_after is not None and halt_after < 1:
+            raise ValueError("halt_after must be at least 1 (or None for off)")
+        self.handler = handler
+        self.dead_letters = (
+            dead_letters if dead_letters is not None else SqsDeadLetterQueue.from_environment()
+        )
+        self.is_transient = TransientErrors(transient)
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.max_record_age = max_record_age
+        self.time_margin = time_margin
+        self._halt = _HaltCounter(halt_after)
+        service = os.environ.get("POWERTOOLS_SERVICE_NAME", "streams")
+        self.logger = logger if logger is not None else Logger(service=service)
+        self.metrics = (
+            metrics
+            if metrics is not None
+            else Metrics(
+                namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "StreamProcessor"),
+                service=service,
+            )
+        )
+        self._clock = clock
+        self._sleep = sleep
+        self._random = random
+
+    def process(self, event: object, context: object = None) -> dict[str, list[dict[str, str]]]:
+        """Handle one Lambda stream event; returns the partial batch response."""
+        return self.run(parse_records(event), context).lambda_response()
+
+    def run(self, records: Sequence[StreamRecord], context: object = None) -> BatchResult:
+        """Handle records in order; the result says how far the batch got and why it stopped."""
+        deadline = _Deadline(context, self.time_margin)
+        function = FunctionInfo.from_context(context)
+        counters = _Counters()
+        pending: list[tuple[int, DeadLetter]] = []
+        parked: list[DeadLetter] = []
+        done = len(records)
+        stop_cause: StopCause | None = None
+        try:
+            for position, record in enumerate(records):
+                if not deadline.allows():
+                    done, stop_cause = position, "time"
+                    break
+                outcome = self._attempt(record, deadline, function)
+                counters.retries += outcome.retries
+                if outcome.stop:
+                    done, stop_cause = position, "transient"
+                    break
+                if outcome.letter is None:
+                    counters.processed += 1
+                    continue
+                pending.append((position, outcome.letter))
+                if len(pending) == SQS_BATCH_ENTRIES:
+                    unparked = self._flush(pending, parked, counters)
+                    if unparked is not None:
+                        done, stop_cause = unparked, "dead-letter"
+                        break
+            unparked = self._flush(pending, parked, counters)
+            if unparked is not None and unparked < done:
+                done, stop_cause = unparked, "dead-letter"
+            result = BatchResult(records, done, stop_cause, tuple(parked), counters.retries)
+            if stop_cause is not None:
+                self._log_early_checkpoint(result, deadline)
+            return result
+        finally:
+            self._publish(records, counters, stop_cause)
+
+    def _attempt(
+        self, record: StreamRecord, deadline: _Deadline, function: FunctionInfo
+    ) -> _Outcome:
+        """Run the handler on one record until it succeeds, is to be parked, or must stop here."""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self.handler(record)
+            except (Poison, RecordDecodeError) as error:
+                # Explicit poison and undecodable content never count towards halt_after.
+                return _Outcome(
+                    self._letter(record, "poison", error, tries, function), False, tries - 1
+                )
+            except Exception as error:
+                if not self.is_transient(error):
+                    if self._halt.failure(type(error).__name__):
+                        raise Halted(
+                            f"{self._halt.count} consecutive {type(error).__name__} failures "
+                            f"(halt_after={self._halt.limit}): failing the invocation instead "
+                            "of parking more records"
+                        ) from error
+                    return _Outcome(
+                        self._letter(record, "poison", error, tries, function), False, tries - 1
+                    )
+                if tries <= self.retry.retries:
+                    delay = self.retry.delay(tries - 1, self._random)
+                    if deadline.allows(delay):
+                        self._sleep(delay)
+                        continue
+                if self._too_old(record):
+                    return _Outcome(
+                        self._letter(record, "too-old", error, tries, function), False, tries - 1
+                    )
+                return _Outcome(None, True, tries - 1)
+            else:
+                self._halt.success()
+                return _Outcome(None, False, tries - 1)
+
+    def _too_old(self, record: StreamRecord) -> bool:
+        if self.max_record_age is None:
+            return False
+        try:
+            created = record.record_time
+        except RecordDecodeError:
+            return False
+        if created is None:
+            return False
+        return self._clock() - created.timestamp() > self.max_record_age.total_seconds()
+
+    def _letter(
+        self,
+        record: StreamRecord,
+        reason: Reason,
+        error: BaseException,
+        attempts: int,
+        function: FunctionInfo,
+    ) -> DeadLetter:
+        formatted = "".join(traceback.format_exception(error))
+        self.logger.error(
+            "record parked",
+            extra={
+                "reason": reason,
+                "errorType": type(error).__name__,
+                "errorMessage": str(error)[:1000],
+                "attempts": attempts,
+                **record.log_fields(),
+            },
+        )
+        return DeadLetter(
+            record=record,
+            reason=reason,
+            error=ErrorInfo.from_exception(error, formatted),
+            attempts=attempts,
+            failed_at=datetime.fromtimestamp(self._clock(), tz=UTC),
+            function=function,
+        )
+
+    def _flush(
+        self,
+        pending: list[tuple[int, DeadLetter]],
+        parked: list[DeadLetter],
+        counters: _Counters,
+    ) -> int | None:
+        """Park what is pending; the position of the first record that could not be parked."""
+        if not pending:
+            return None
+        refused = {
+            id(letter) for letter in self.dead_letters.park([letter for _, letter in pending])
+        }
+        first_unparked: int | None = None
+        for position, letter in pending:
+            if id(letter) in refused:
+                if first_unparked is None:
+                    first_unparked = position
+                continue
+            if first_unparked is None:
+                parked.append(letter)
+                counters.parked[letter.reason] = counters.parked.get(letter.reason, 0) + 1
+        pending.clear()
+        return first_unparked
+
+    def _log_early_checkpoint(self, result: BatchResult, deadline: _Deadline) -> None:
+        failed = result.failed_record
+        self.logger.warning(
+            "checkpoint before the end of the batch",
+            extra={
+                "cause": result.stop_cause,
+                "remaining": len(result.records) - result.done,
+                **(failed.log_fields() if failed is not None else {}),
+            },
+        )
+
+    def _publish(
+        self, records: Sequence[StreamRecord], counters: _Counters, stop_cause: StopCause | None
+    ) -> None:
+        metrics = self.metrics
+        metrics.add_metric(name="RecordsProcessed", unit=MetricUnit.Count, value=counters.processed)
+        metrics.add_metric(
+            name="RecordsParked", unit=MetricUnit.Count, value=sum(counters.parked.values())
+        )
+        metrics.add_metric(name="TransientRetries", unit=MetricUnit.Count, value=counters.retries)
+        metrics.add_metric(
+            name="EarlyCheckpoints", unit=MetricUnit.Count, value=int(stop_cause is not None)
+        )
+        if records:
+            try:
+                created = records[-1].record_time
+            except RecordDecodeError:
+                created = None
+            if created is not None:
+                age_ms = max(0.0, (self._clock() - created.timestamp()) * 1000)
+                metrics.add_metric(name="IteratorAge", unit=MetricUnit.Milliseconds, value=age_ms)
+        metrics.flush_metrics()
+        # Parked by reason: one EMF document per reason, with `reason` as an extra dimension.
+        provider = metrics.provider
+        for reason, count in counters.parked.items():
+            with single_metric(
+                name="RecordsParked",
+                unit=MetricUnit.Count,
+                value=count,
+                namespace=getattr(provider, "namespace", None),
+                default_dimensions={
+                    "service": str(getattr(provider, "service", None) or "streams"),
+                    "reason": reason,
+                },
+            ):
+                pass

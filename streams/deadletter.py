@@ -1,0 +1,340 @@
+"""The dead-letter message (version 1) and the queue that keeps parked records durably.
+
+One SQS message per parked record, carrying the record exactly as received, the error with its
+traceback, and where it came from (DESIGN.md, "Dead-letter message"). A message larger than the
+queue accepts goes to the overflow bucket (`DEAD_LETTER_BUCKET`), and the queue gets a pointer
+to it. Without a bucket such a record is *not* parked: a record is never acknowledged where it
+cannot be read back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from streams.errors import UserError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
+
+    from streams.records import StreamRecord
+
+__all__ = [
+    "DeadLetter",
+    "DeadLetterSink",
+    "ErrorInfo",
+    "FunctionInfo",
+    "Reason",
+    "SqsDeadLetterQueue",
+    "dead_letter_message",
+    "read_dead_letter",
+]
+
+Reason = Literal["poison", "too-old", "hydrated"]
+MESSAGE_VERSION = 1
+#: SQS's per-call limit on entries.
+SQS_BATCH_ENTRIES = 10
+#: What SQS accepted before its 2025 raise to 1 MiB: used when the queue's own limit is unknown.
+SQS_CONSERVATIVE_MAX_BYTES = 262_144
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def from_exception(cls, error: BaseException, formatted_traceback: str) -> ErrorInfo:
+        return cls(type(error).__name__, str(error), formatted_traceback)
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    """Which function parked the record (from the Lambda context when there is one)."""
+
+    name: str | None = None
+    version: str | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def from_context(cls, context: object) -> FunctionInfo:
+        return cls(
+            name=getattr(context, "function_name", None),
+            version=getattr(context, "function_version", None),
+            request_id=getattr(context, "aws_request_id", None),
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record to park, with why."""
+
+    record: StreamRecord
+    reason: Reason
+    error: ErrorInfo
+    attempts: int
+    failed_at: datetime
+    function: FunctionInfo
+
+
+def _iso(moment: datetime | None, *, millis: bool) -> str | None:
+    if moment is None:
+        return None
+    text = moment.astimezone(UTC).isoformat(timespec="milliseconds" if millis else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def dead_letter_message(letter: DeadLetter) -> dict[str, Any]:
+    """The version-1 dead-letter message of DESIGN.md for one parked record."""
+    record = letter.record
+    try:
+        created = record.record_time
+    except ValueError:  # the content is what made it poison; the time is then unknown
+        created = None
+    return {
+        "version": MESSAGE_VERSION,
+        "reason": letter.reason,
+        "source": record.source,
+        "eventSourceARN": record.event_source_arn,
+        "shardId": record.shard_id,
+        "sequenceNumber": record.sequence_number,
+        "subSequenceNumber": record.sub_sequence_number,
+        "eventID": record.event_id,
+        "approximateCreationTime": _iso(created, millis=False),
+        "record": record.raw,
+        "error": {
+            "type": letter.error.type,
+            "message": letter.error.message,
+            "traceback": letter.error.traceback,
+        },
+        "attempts": letter.attempts,
+        "failedAt": _iso(letter.failed_at, millis=True),
+        "function": {
+            "name": letter.function.name,
+            "version": letter.function.version,
+            "requestId": letter.function.request_id,
+        },
+    }
+
+
+class DeadLetterSink(Protocol):
+    """Somewhere parked records are kept durably."""
+
+    def park(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+        """Keep every letter durably; return those that could *not* be kept."""
+        ...
+
+
+def _attributes(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "reason": {"DataType": "String", "StringValue": letter.reason},
+        "errorType": {"DataType": "String", "StringValue": letter.error.type[:256] or "?"},
+        "source": {"DataType": "String", "StringValue": letter.record.source},
+    }
+
+
+def _attributes_size(attributes: Mapping[str, Mapping[str, str]]) -> int:
+    # SQS counts each attribute's name, data type and value towards the message size.
+    return sum(
+        len(name) + len(value["DataType"]) + len(value["StringValue"].encode())
+        for name, value in attributes.items()
+    )
+
+
+class SqsDeadLetterQueue:
+    """Parks records in an SQS queue, large ones through an S3 bucket.
+
+    Messages go out in `SendMessageBatch` calls of up to 10 entries (and at most the queue's
+    maximum message size per call). Entries SQS reports as failed are sent again, up to
+    `attempts` times in all, `retry_delay * 2**n` seconds apart.
+    """
+
+    def __init__(
+        self,
+        queue_url: str,
+        *,
+        bucket: str | None = None,
+        sqs: SQSClient | None = None,
+        s3: S3Client | None = None,
+        attempts: int = 3,
+        retry_delay: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.queue_url = queue_url
+        self.bucket = bucket
+        self._sqs = sqs
+        self._s3 = s3
+        self._attempts = attempts
+        self._retry_delay = retry_delay
+        self._sleep = sleep
+        self._max_bytes: int | None = None
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> SqsDeadLetterQueue:
+        """The queue named by `DEAD_LETTER_QUEUE_URL`, overflowing to `DEAD_LETTER_BUCKET`."""
+        url = environ.get("DEAD_LETTER_QUEUE_URL")
+        if not url:
+            raise UserError(
+                "DEAD_LETTER_QUEUE_URL is not set: poison records would have nowhere to go. "
+                "Set it (the template does) or pass dead_letters= to StreamProcessor."
+            )
+        return cls(url, bucket=environ.get("DEAD_LETTER_BUCKET") or None)
+
+    @property
+    def sqs(self) -> SQSClient:
+        if self._sqs is None:
+            self._sqs = boto3.client("sqs")
+        return self._sqs
+
+    @property
+    def s3(self) -> S3Client:
+        if self._s3 is None:
+            self._s3 = boto3.client("s3")
+        return self._s3
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The queue's own `MaximumMessageSize` (asked once), or 256 KiB if it cannot be read."""
+        if self._max_bytes is None:
+            try:
+                attributes = self.sqs.get_queue_attributes(
+                    QueueUrl=self.queue_url, AttributeNames=["MaximumMessageSize"]
+                )["Attributes"]
+                self._max_bytes = int(attributes["MaximumMessageSize"])
+            except (ClientError, BotoCoreError, KeyError, ValueError) as error:
+                _log.warning(
+                    "cannot read the dead-letter queue's MaximumMessageSize (%s); assuming %d",
+                    error,
+                    SQS_CONSERVATIVE_MAX_BYTES,
+                )
+                return SQS_CONSERVATIVE_MAX_BYTES
+        return self._max_bytes
+
+    def park(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+        failed: list[DeadLetter] = []
+        ready: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]] = []
+        limit = self.max_message_bytes
+        for letter in letters:
+            body = json.dumps(dead_letter_message(letter), separators=(",", ":"), default=str)
+            attributes = _attributes(letter)
+            size = len(body.encode()) + _attributes_size(attributes)
+            if size > limit:
+                pointer = self._overflow(letter, body)
+                if pointer is None:
+                    failed.append(letter)
+                    continue
+                body = pointer
+                size = len(body.encode()) + _attributes_size(attributes)
+            entry: SendMessageBatchRequestEntryTypeDef = {
+                "Id": str(len(ready)),
+                "MessageBody": body,
+                "MessageAttributes": attributes,
+            }
+            ready.append((letter, entry, size))
+        for chunk in _chunks(ready, limit):
+            failed.extend(self._send(chunk))
+        return failed
+
+    def _overflow(self, letter: DeadLetter, body: str) -> str | None:
+        """Store the full message in S3 and return the pointer message, or None if it cannot."""
+        fields = letter.record.log_fields()
+        if self.bucket is None:
+            _log.error(
+                "dead-letter message too large for the queue and DEAD_LETTER_BUCKET is not set: "
+                "record not parked (it will be delivered again)",
+                extra={"record": fields},
+            )
+            return None
+        key = f"dead-letters/{letter.failed_at:%Y/%m/%d}/{uuid.uuid4().hex}.json"
+        try:
+            self.s3.put_object(
+                Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json"
+            )
+        except (ClientError, BotoCoreError) as error:
+            _log.error(
+                "cannot store a large dead-letter message in the overflow bucket: %s",
+                error,
+                extra={"record": fields},
+            )
+            return None
+        message = dead_letter_message(letter)
+        del message["record"]
+        message["error"] = {
+            "type": letter.error.type,
+            "message": letter.error.message[:1000],
+            "traceback": None,
+        }
+        message["overflow"] = {"bucket": self.bucket, "key": key}
+        return json.dumps(message, separators=(",", ":"), default=str)
+
+    def _send(
+        self, chunk: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]]
+    ) -> list[DeadLetter]:
+        pending = {entry["Id"]: (letter, entry) for letter, entry, _ in chunk}
+        for attempt in range(self._attempts):
+            if attempt:
+                self._sleep(self._retry_delay * 2 ** (attempt - 1))
+            try:
+                response = self.sqs.send_message_batch(
+                    QueueUrl=self.queue_url, Entries=[entry for _, entry in pending.values()]
+                )
+            except (ClientError, BotoCoreError) as error:
+                _log.error("cannot send to the dead-letter queue: %s", error)
+                continue
+            for done in response.get("Successful", []):
+                pending.pop(done["Id"], None)
+            for failure in response.get("Failed", []):
+                _log.error(
+                    "the dead-letter queue refused a message: %s %s",
+                    failure.get("Code"),
+                    failure.get("Message"),
+                )
+            if not pending:
+                break
+        return [letter for letter, _ in pending.values()]
+
+
+def _chunks(
+    ready: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]], limit: int
+) -> list[list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]]]:
+    """Groups of at most 10 entries whose sizes add up to at most `limit` bytes (SQS's rules)."""
+    chunks: list[list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]]] = []
+    current: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]] = []
+    total = 0
+    for item in ready:
+        size = item[2]
+        if current and (len(current) == SQS_BATCH_ENTRIES or total + size > limit):
+            chunks.append(current)
+            current, total = [], 0
+        current.append(item)
+        total += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def read_dead_letter(body: str, s3: S3Client | None = None) -> dict[str, Any]:
+    """A dead-letter message from its SQS body, following an overflow pointer to S3."""
+    message: dict[str, Any] = json.loads(body)
+    overflow = message.get("overflow")
+    if overflow is None:
+        return message
+    client = s3 if s3 is not None else boto3.client("s3")
+    stored = client.get_object(Bucket=overflow["bucket"], Key=overflow["key"])["Body"].read()
+    full: dict[str, Any] = json.loads(stored)
+    return full

@@ -1,0 +1,159 @@
+"""Dead-letter messages read back from a real SQS queue (and S3 bucket) on moto's server."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools import Logger
+
+from streams import Poison, SqsDeadLetterQueue, StreamProcessor, read_dead_letter
+from streams.errors import UserError
+from tests.factories import NOW, FakeClock, FakeContext, dynamodb_event, kinesis_record
+
+
+def _raise_for(sequences: set[str]) -> Any:
+    def handle(record: Any) -> None:
+        if record.sequence_number in sequences:
+            raise Poison(f"bad record {record.sequence_number}")
+
+    return handle
+
+
+def _processor(handler: Any, queue: SqsDeadLetterQueue) -> StreamProcessor:
+    clock = FakeClock()
+    return StreamProcessor(
+        handler,
+        dead_letters=queue,
+        clock=clock,
+        sleep=clock.sleep,
+        logger=Logger(service=f"test-{uuid.uuid4().hex}", stream=io.StringIO()),
+    )
+
+
+def _drain(sqs: Any, url: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+        for message in batch:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_parked_records_are_read_back_from_the_queue_as_version_1_messages(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=unique_name)["QueueUrl"]
+    processor = _processor(_raise_for({"2", "3"}), SqsDeadLetterQueue(url, sqs=sqs))
+    event = dynamodb_event(4)
+    clock_context = FakeContext(FakeClock(), deadline=NOW + 60)
+
+    assert processor.process(event, clock_context) == {"batchItemFailures": []}
+
+    messages = sorted(_drain(sqs, url), key=lambda m: json.loads(m["Body"])["sequenceNumber"])
+    assert len(messages) == 2
+    body = read_dead_letter(messages[0]["Body"])
+    assert body["version"] == 1
+    assert body["reason"] == "poison"
+    assert body["source"] == "aws:dynamodb"
+    assert body["eventSourceARN"] == event["Records"][1]["eventSourceARN"]
+    assert body["shardId"] is None  # Lambda's DynamoDB records do not carry it
+    assert body["sequenceNumber"] == "2"
+    assert body["eventID"] == event["Records"][1]["eventID"]
+    assert body["record"] == event["Records"][1]
+    assert body["error"]["type"] == "Poison"
+    assert body["error"]["message"] == "bad record 2"
+    assert "Traceback" in body["error"]["traceback"]
+    assert body["attempts"] == 1
+    assert body["failedAt"].endswith("Z")
+    assert body["approximateCreationTime"].endswith("Z")
+    assert body["function"] == {"name": "processor", "version": "$LATEST", "requestId": "req-1"}
+    attributes = {k: v["StringValue"] for k, v in messages[0]["MessageAttributes"].items()}
+    assert attributes == {"reason": "poison", "errorType": "Poison", "source": "aws:dynamodb"}
+
+
+def test_kinesis_dead_letters_carry_the_shard_from_the_event_id(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=unique_name)["QueueUrl"]
+    record = kinesis_record(7, shard="shardId-000000000003")
+    processor = _processor(
+        _raise_for({record["kinesis"]["sequenceNumber"]}), SqsDeadLetterQueue(url)
+    )
+    processor.process({"Records": [record]})
+    (message,) = _drain(sqs, url)
+    body = read_dead_letter(message["Body"])
+    assert body["shardId"] == "shardId-000000000003"
+    assert body["source"] == "aws:kinesis"
+    assert body["record"] == record
+
+
+def _big_event() -> dict[str, Any]:
+    event = dynamodb_event(3)
+    event["Records"][1]["dynamodb"]["NewImage"]["blob"] = {"S": "x" * 5000}
+    return event
+
+
+def test_a_message_over_the_queues_limit_goes_to_the_bucket_with_a_pointer(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs, s3 = aws.client("sqs"), aws.client("s3")
+    url = sqs.create_queue(QueueName=unique_name, Attributes={"MaximumMessageSize": "1024"})[
+        "QueueUrl"
+    ]
+    s3.create_bucket(Bucket=unique_name)
+    processor = _processor(_raise_for({"2"}), SqsDeadLetterQueue(url, bucket=unique_name))
+    event = _big_event()
+
+    assert processor.process(event) == {"batchItemFailures": []}
+
+    (message,) = _drain(sqs, url)
+    pointer = json.loads(message["Body"])
+    assert "record" not in pointer
+    assert pointer["overflow"]["bucket"] == unique_name
+    assert pointer["sequenceNumber"] == "2"
+    full = read_dead_letter(message["Body"], s3)
+    assert full["record"] == event["Records"][1]
+    assert "Traceback" in full["error"]["traceback"]
+
+
+def test_a_message_over_the_limit_without_a_bucket_is_not_acknowledged(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=unique_name, Attributes={"MaximumMessageSize": "1024"})[
+        "QueueUrl"
+    ]
+    processor = _processor(_raise_for({"2"}), SqsDeadLetterQueue(url))
+    response = processor.process(_big_event())
+    assert response == {"batchItemFailures": [{"itemIdentifier": "2"}]}
+    assert _drain(sqs, url) == []
+
+
+def test_an_unreachable_dead_letter_queue_checkpoints_at_the_poison_record(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs = aws.client("sqs")
+    url = f"{sqs.meta.endpoint_url}/123456789012/{unique_name}-missing"
+    queue = SqsDeadLetterQueue(url, sleep=lambda seconds: None)
+    processor = _processor(_raise_for({"2"}), queue)
+    assert processor.process(dynamodb_event(3)) == {"batchItemFailures": [{"itemIdentifier": "2"}]}
+
+
+def test_the_queue_comes_from_the_environment_and_its_absence_is_a_clear_error() -> None:
+    queue = SqsDeadLetterQueue.from_environment(
+        {"DEAD_LETTER_QUEUE_URL": "https://q", "DEAD_LETTER_BUCKET": "b"}
+    )
+    assert (queue.queue_url, queue.bucket) == ("https://q", "b")
+    with pytest.raises(UserError, match="DEAD_LETTER_QUEUE_URL is not set"):
+        SqsDeadLetterQueue.from_environment({})
