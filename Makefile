@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# sam's usage reporting: off for tests and builds (no network but the package registries).
+export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test lint typecheck pytest bench clean
+.PHONY: test clean build-ProcessorFunction
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +25,14 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+
+# Called by `sam build` (template.yaml: BuildMethod makefile) with ARTIFACTS_DIR set. The artifact
+# holds our two packages and processor/requirements.txt, built for the function's runtime; boto3
+# is the runtime's own.
+LAMBDA_PYTHON_VERSION := 3.12
+build-ProcessorFunction:
+	mkdir -p "$(ARTIFACTS_DIR)"
+	tar --exclude=__pycache__ -cf - streams processor | tar -xf - -C "$(ARTIFACTS_DIR)"
+	$(PYTHON) -m pip install --quiet --no-compile --disable-pip-version-check \
+		--target "$(ARTIFACTS_DIR)" --implementation cp --python-version $(LAMBDA_PYTHON_VERSION) \
+		--only-binary=:all: --platform manylinux2014_aarch64 -r processor/requirements.txt

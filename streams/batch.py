@@ -199,6 +199,7 @@ class _Deadline:
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         self._remaining: Callable[[], int] | None = remaining if callable(remaining) else None
         self._margin_ms = margin * 1000
+        self.timed = self._remaining is not None
 
     def allows(self, seconds: float = 0.0) -> bool:
         """True if `seconds` more still leave the margin."""
@@ -285,12 +286,21 @@ class StreamProcessor:
         parked: list[DeadLetter] = []
         done = len(records)
         stop_cause: StopCause | None = None
+        handler, halt, timed = self.handler, self._halt, deadline.timed
         try:
             for position, record in enumerate(records):
-                if not deadline.allows():
+                if timed and not deadline.allows():
                     done, stop_cause = position, "time"
                     break
-                outcome = self._attempt(record, deadline, function)
+                try:
+                    handler(record)
+                except Exception as error:
+                    outcome = self._recover(record, error, deadline, function)
+                else:  # the hot path: nothing else to do
+                    counters.processed += 1
+                    if halt.count:
+                        halt.success()
+                    continue
                 counters.retries += outcome.retries
                 if outcome.stop:
                     done, stop_cause = position, "transient"
@@ -309,46 +319,50 @@ class StreamProcessor:
                 done, stop_cause = unparked, "dead-letter"
             result = BatchResult(records, done, stop_cause, tuple(parked), counters.retries)
             if stop_cause is not None:
-                self._log_early_checkpoint(result, deadline)
+                self._log_early_checkpoint(result)
             return result
         finally:
             self._publish(records, counters, stop_cause)
 
-    def _attempt(
-        self, record: StreamRecord, deadline: _Deadline, function: FunctionInfo
+    def _recover(
+        self,
+        record: StreamRecord,
+        error: Exception,
+        deadline: _Deadline,
+        function: FunctionInfo,
     ) -> _Outcome:
-        """Run the handler on one record until it succeeds, is to be parked, or must stop here."""
-        tries = 0
+        """After the handler failed on a record: park it, retry it in place, or stop here."""
+        tries = 1
         while True:
-            tries += 1
-            try:
-                self.handler(record)
-            except (Poison, RecordDecodeError) as error:
+            if isinstance(error, Poison | RecordDecodeError):
                 # Explicit poison and undecodable content never count towards halt_after.
                 return _Outcome(
                     self._letter(record, "poison", error, tries, function), False, tries - 1
                 )
-            except Exception as error:
-                if not self.is_transient(error):
-                    if self._halt.failure(type(error).__name__):
-                        raise Halted(
-                            f"{self._halt.count} consecutive {type(error).__name__} failures "
-                            f"(halt_after={self._halt.limit}): failing the invocation instead "
-                            "of parking more records"
-                        ) from error
-                    return _Outcome(
-                        self._letter(record, "poison", error, tries, function), False, tries - 1
-                    )
-                if tries <= self.retry.retries:
-                    delay = self.retry.delay(tries - 1, self._random)
-                    if deadline.allows(delay):
-                        self._sleep(delay)
-                        continue
+            if not self.is_transient(error):
+                if self._halt.failure(type(error).__name__):
+                    raise Halted(
+                        f"{self._halt.count} consecutive {type(error).__name__} failures "
+                        f"(halt_after={self._halt.limit}): failing the invocation instead "
+                        "of parking more records"
+                    ) from error
+                return _Outcome(
+                    self._letter(record, "poison", error, tries, function), False, tries - 1
+                )
+            if tries > self.retry.retries or not deadline.allows(
+                delay := self.retry.delay(tries - 1, self._random)
+            ):
                 if self._too_old(record):
                     return _Outcome(
                         self._letter(record, "too-old", error, tries, function), False, tries - 1
                     )
                 return _Outcome(None, True, tries - 1)
+            self._sleep(delay)
+            tries += 1
+            try:
+                self.handler(record)
+            except Exception as again:
+                error = again
             else:
                 self._halt.success()
                 return _Outcome(None, False, tries - 1)
@@ -416,7 +430,7 @@ class StreamProcessor:
         pending.clear()
         return first_unparked
 
-    def _log_early_checkpoint(self, result: BatchResult, deadline: _Deadline) -> None:
+    def _log_early_checkpoint(self, result: BatchResult) -> None:
         failed = result.failed_record
         self.logger.warning(
             "checkpoint before the end of the batch",

@@ -15,13 +15,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
 from datetime import UTC, datetime
 from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Underflow
-from functools import cached_property
 from typing import Any, Literal, TypeAlias
 
 from streams.errors import EventError
+from streams.kpl import deaggregate, may_be_aggregate
 
 __all__ = [
     "DynamoDBRecord",
@@ -51,7 +51,7 @@ _create_decimal = _NUMBER_CONTEXT.create_decimal
 
 
 def _number(value: object) -> Decimal:
-    if type(value) is not str:
+    if value.__class__ is not str:
         raise RecordDecodeError(f"number attribute must be a string, got {type(value).__name__}")
     try:
         number = _create_decimal(value)
@@ -91,12 +91,6 @@ def _null(value: object) -> None:
         raise RecordDecodeError(f"NULL attribute must be true, got {value!r:.50}")
 
 
-def _map(value: object) -> dict[str, Any]:
-    if type(value) is not dict:
-        raise RecordDecodeError(f"M attribute must be an object, got {type(value).__name__}")
-    return {name: decode_attribute_value(inner) for name, inner in value.items()}
-
-
 def _list(value: object) -> list[Any]:
     if type(value) is not list:
         raise RecordDecodeError(f"L attribute must be an array, got {type(value).__name__}")
@@ -121,8 +115,13 @@ def _binary_set(value: object) -> set[bytes]:
     return {_binary(member) for member in _members(value, "BS")}
 
 
-_DECODERS: dict[str, Any] = {
-    "S": _string,
+def _map(value: object) -> Image:
+    if type(value) is not dict:
+        raise RecordDecodeError(f"M attribute must be an object, got {type(value).__name__}")
+    return Image(value)
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
     "N": _number,
     "B": _binary,
     "BOOL": _boolean,
@@ -136,30 +135,50 @@ _DECODERS: dict[str, Any] = {
 
 
 def decode_attribute_value(attribute_value: object) -> Any:
-    """One DynamoDB JSON attribute value (`{"N": "101"}`) as a plain Python value."""
-    if type(attribute_value) is not dict or len(attribute_value) != 1:
+    """One DynamoDB JSON attribute value (`{"N": "101"}`) as a plain Python value.
+
+    Maps decode to a lazy, read-only `Image` (equal to the dict boto3 gives), so a handler that
+    binds a map and reads one field pays for one field.
+    """
+    try:
+        [(tag, value)] = attribute_value.items()  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, TypeError):
         raise RecordDecodeError(
             "an attribute value is an object with exactly one type key, "
             f"got {attribute_value!r:.80}"
-        )
-    ((tag, value),) = attribute_value.items()
+        ) from None
+    # The common types first, without a call: most attributes are strings, numbers and maps.
+    if tag == "S":
+        if value.__class__ is str:
+            return value
+        return _string(value)  # raises: not a string
+    if tag == "N":
+        return _number(value)
+    if tag == "M":
+        if value.__class__ is dict:
+            return Image(value)
+        return _map(value)  # raises: not an object
     decoder = _DECODERS.get(tag)
     if decoder is None:
         raise RecordDecodeError(f"unknown attribute type {tag!r:.20}")
     return decoder(value)
 
 
-_MISSING = object()
+_MISSING: Any = object()
 
 
 class Image(Mapping[str, Any]):
-    """A read-only item image whose attributes decode on first read, once each."""
+    """A read-only item image (or map attribute) that decodes each attribute on first read, once.
 
-    __slots__ = ("_decoded", "_raw")
+    Iterating over values or items decodes what is left in one pass.
+    """
 
-    def __init__(self, raw: Mapping[str, Any]) -> None:
+    __slots__ = ("_complete", "_decoded", "_raw")
+
+    def __init__(self, raw: dict[str, Any]) -> None:
         self._raw = raw
         self._decoded: dict[str, Any] = {}
+        self._complete = False
 
     @property
     def attribute_values(self) -> Mapping[str, Any]:
@@ -167,15 +186,51 @@ class Image(Mapping[str, Any]):
         return self._raw
 
     def __getitem__(self, name: str) -> Any:
-        value = self._decoded.get(name, _MISSING)
+        decoded = self._decoded
+        value = decoded.get(name, _MISSING)
         if value is _MISSING:
-            value = self._decoded[name] = decode_attribute_value(self._raw[name])
+            # Inlined string case of decode_attribute_value: the hot path of typical handlers.
+            attribute = self._raw[name]
+            value = attribute.get("S") if attribute.__class__ is dict else None
+            if value.__class__ is not str or len(attribute) != 1:
+                value = decode_attribute_value(attribute)
+            decoded[name] = value
         return value
 
     def get(self, name: str, default: Any = None) -> Any:
-        if name in self._raw:
-            return self[name]
-        return default
+        value = self._decoded.get(name, _MISSING)
+        if value is _MISSING:
+            raw = self._raw.get(name, _MISSING)
+            if raw is _MISSING:
+                return default
+            value = self._decoded[name] = decode_attribute_value(raw)
+        return value
+
+    def _all(self) -> dict[str, Any]:
+        if not self._complete:
+            decoded = self._decoded
+            if decoded:  # some were read already: keep the image's own order
+                self._decoded = {
+                    name: decoded[name] if name in decoded else decode_attribute_value(raw)
+                    for name, raw in self._raw.items()
+                }
+            else:  # strings inlined, as in __getitem__
+                self._decoded = {
+                    name: text
+                    if attribute.__class__ is dict
+                    and (text := attribute.get("S")).__class__ is str
+                    and len(attribute) == 1
+                    else decode_attribute_value(attribute)
+                    for name, attribute in self._raw.items()
+                }
+            self._complete = True
+        return self._decoded
+
+    def values(self) -> ValuesView[Any]:
+        return self._all().values()
+
+    def items(self) -> ItemsView[str, Any]:
+        return self._all().items()
 
     def __contains__(self, name: object) -> bool:
         return name in self._raw
@@ -186,16 +241,18 @@ class Image(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._raw)
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Image):
+            other = other._all()
+        if isinstance(other, Mapping):
+            return self._all() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         # Item images are customer data: never in logs by accident.
         return f"<Image {len(self._raw)} attributes>"
-
-
-def _required(container: Mapping[str, Any], name: str, where: str) -> Any:
-    try:
-        return container[name]
-    except KeyError:
-        raise RecordDecodeError(f"record has no {where}{name}") from None
 
 
 def _epoch(value: object, field: str) -> datetime:
@@ -204,10 +261,22 @@ def _epoch(value: object, field: str) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-class DynamoDBRecord:
-    """One DynamoDB Streams record as Lambda delivers it."""
+def _no_image(raw: object, field: str) -> Image | None:
+    """An image field that is not an object: absent (None), unless the record requires it."""
+    if raw is None and field != "Keys":
+        return None
+    if raw is None:
+        raise RecordDecodeError(f"record has no dynamodb.{field}")
+    raise RecordDecodeError(f"dynamodb.{field} is not an object")
 
-    __slots__ = ("__dict__", "raw")
+
+class DynamoDBRecord:
+    """One DynamoDB Streams record as Lambda delivers it.
+
+    Properties are computed on first access and kept; images decode attribute by attribute.
+    """
+
+    __slots__ = ("_created", "_data", "_keys", "_new", "_old", "raw", "sequence_number")
     source: EventSource = "aws:dynamodb"
     #: Lambda's DynamoDB records do not say which shard they come from.
     shard_id: str | None = None
@@ -215,14 +284,15 @@ class DynamoDBRecord:
     sub_sequence_number: int | None = None
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
+        """Raises `RecordDecodeError` if the record has no `dynamodb.SequenceNumber`."""
         self.raw = raw
-
-    @cached_property
-    def _dynamodb(self) -> Mapping[str, Any]:
-        data = _required(self.raw, "dynamodb", "")
-        if not isinstance(data, Mapping):
-            raise RecordDecodeError("record's dynamodb field is not an object")
-        return data
+        data = raw.get("dynamodb")
+        sequence = data.get("SequenceNumber") if data.__class__ is dict else None
+        if sequence.__class__ is not str or not sequence:
+            raise RecordDecodeError("record has no dynamodb.SequenceNumber")
+        self._data: dict[str, Any] = data  # type: ignore[assignment]
+        self.sequence_number: str = sequence
+        self._keys = self._new = self._old = self._created = _MISSING
 
     @property
     def event_id(self) -> str | None:
@@ -230,44 +300,50 @@ class DynamoDBRecord:
 
     @property
     def event_name(self) -> str:
-        return str(_required(self.raw, "eventName", ""))
+        name = self.raw.get("eventName")
+        if type(name) is not str:
+            raise RecordDecodeError("record has no eventName")
+        return name
 
     @property
     def event_source_arn(self) -> str | None:
         return self.raw.get("eventSourceARN")
 
-    @cached_property
-    def sequence_number(self) -> str:
-        return str(_required(self._dynamodb, "SequenceNumber", "dynamodb."))
-
-    @cached_property
+    @property
     def keys(self) -> Image:
-        return self._image("Keys", required=True)  # type: ignore[return-value]
+        keys = self._keys
+        if keys is _MISSING:
+            raw = self._data.get("Keys")
+            keys = self._keys = Image(raw) if raw.__class__ is dict else _no_image(raw, "Keys")
+        return keys  # type: ignore[no-any-return]
 
-    @cached_property
+    @property
     def new_image(self) -> Image | None:
         """The item after the change; None when the stream view or the event has none."""
-        return self._image("NewImage", required=False)
+        image = self._new
+        if image is _MISSING:
+            raw = self._data.get("NewImage")
+            image = self._new = Image(raw) if raw.__class__ is dict else _no_image(raw, "NewImage")
+        return image  # type: ignore[no-any-return]
 
-    @cached_property
+    @property
     def old_image(self) -> Image | None:
         """The item before the change; None when the stream view or the event has none."""
-        return self._image("OldImage", required=False)
+        image = self._old
+        if image is _MISSING:
+            raw = self._data.get("OldImage")
+            image = self._old = Image(raw) if raw.__class__ is dict else _no_image(raw, "OldImage")
+        return image  # type: ignore[no-any-return]
 
-    def _image(self, field: str, *, required: bool) -> Image | None:
-        raw = self._dynamodb.get(field)
-        if raw is None:
-            if required:
-                raise RecordDecodeError(f"record has no dynamodb.{field}")
-            return None
-        if type(raw) is not dict:
-            raise RecordDecodeError(f"dynamodb.{field} is not an object")
-        return Image(raw)
-
-    @cached_property
+    @property
     def approximate_creation_time(self) -> datetime | None:
-        value = self._dynamodb.get("ApproximateCreationDateTime")
-        return None if value is None else _epoch(value, "ApproximateCreationDateTime")
+        created = self._created
+        if created is _MISSING:
+            value = self._data.get("ApproximateCreationDateTime")
+            created = self._created = (
+                None if value is None else _epoch(value, "ApproximateCreationDateTime")
+            )
+        return created  # type: ignore[no-any-return]
 
     @property
     def record_time(self) -> datetime | None:
@@ -276,7 +352,7 @@ class DynamoDBRecord:
 
     @property
     def size_bytes(self) -> int | None:
-        value = self._dynamodb.get("SizeBytes")
+        value = self._data.get("SizeBytes")
         return None if value is None else int(value)
 
     @property
@@ -291,39 +367,39 @@ class DynamoDBRecord:
 
     def log_fields(self) -> dict[str, Any]:
         """What may be logged about this record: identifiers and keys, never item images."""
-        fields: dict[str, Any] = {
+        try:
+            keys: dict[str, Any] | None = dict(self.keys)
+        except RecordDecodeError:
+            keys = None
+        return {
             "eventID": self.event_id,
             "shardId": self.shard_id,
-            "sequenceNumber": self.raw.get("dynamodb", {}).get("SequenceNumber"),
+            "sequenceNumber": self.sequence_number,
+            "keys": keys,
         }
-        try:
-            fields["keys"] = dict(self.keys)
-        except (RecordDecodeError, AttributeError):
-            fields["keys"] = None
-        return fields
 
     def __repr__(self) -> str:
-        sequence = self.raw.get("dynamodb", {}).get("SequenceNumber")
-        return f"<DynamoDBRecord {self.raw.get('eventName')} seq={sequence}>"
+        return f"<DynamoDBRecord {self.raw.get('eventName')} seq={self.sequence_number}>"
 
 
 class KinesisRecord:
     """One Kinesis Data Streams record as Lambda delivers it."""
 
-    __slots__ = ("__dict__", "raw", "sub_sequence_number")
+    __slots__ = ("_data", "_decoded", "raw", "sequence_number", "sub_sequence_number")
     source: EventSource = "aws:kinesis"
 
     def __init__(self, raw: Mapping[str, Any], *, sub_sequence_number: int | None = None) -> None:
+        """Raises `RecordDecodeError` if the record has no `kinesis.sequenceNumber`."""
         self.raw = raw
+        data = raw.get("kinesis")
+        sequence = data.get("sequenceNumber") if data.__class__ is dict else None
+        if sequence.__class__ is not str or not sequence:
+            raise RecordDecodeError("record has no kinesis.sequenceNumber")
+        self._data: dict[str, Any] = data  # type: ignore[assignment]
+        self.sequence_number: str = sequence
         #: Position inside a KPL aggregate; None for an ordinary record.
         self.sub_sequence_number = sub_sequence_number
-
-    @cached_property
-    def _kinesis(self) -> Mapping[str, Any]:
-        data = _required(self.raw, "kinesis", "")
-        if not isinstance(data, Mapping):
-            raise RecordDecodeError("record's kinesis field is not an object")
-        return data
+        self._decoded: bytes | None = None
 
     @property
     def event_id(self) -> str | None:
@@ -333,15 +409,14 @@ class KinesisRecord:
     def event_source_arn(self) -> str | None:
         return self.raw.get("eventSourceARN")
 
-    @cached_property
-    def sequence_number(self) -> str:
-        return str(_required(self._kinesis, "sequenceNumber", "kinesis."))
-
     @property
     def partition_key(self) -> str:
-        return str(_required(self._kinesis, "partitionKey", "kinesis."))
+        key = self._data.get("partitionKey")
+        if type(key) is not str:
+            raise RecordDecodeError("record has no kinesis.partitionKey")
+        return key
 
-    @cached_property
+    @property
     def shard_id(self) -> str | None:
         """From `eventID` ("<shardId>:<sequenceNumber>")."""
         event_id = self.raw.get("eventID")
@@ -349,9 +424,11 @@ class KinesisRecord:
             return None
         return event_id.rpartition(":")[0]
 
-    @cached_property
+    @property
     def data(self) -> bytes:
-        return _binary(_required(self._kinesis, "data", "kinesis."))
+        if self._decoded is None:
+            self._decoded = _binary(self._data.get("data"))
+        return self._decoded
 
     def json(self) -> Any:
         """The data parsed as JSON (numbers with a fraction or exponent as `Decimal`)."""
@@ -360,9 +437,9 @@ class KinesisRecord:
         except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
             raise RecordDecodeError(f"record data is not JSON: {error}") from None
 
-    @cached_property
+    @property
     def approximate_arrival_time(self) -> datetime | None:
-        value = self._kinesis.get("approximateArrivalTimestamp")
+        value = self._data.get("approximateArrivalTimestamp")
         return None if value is None else _epoch(value, "approximateArrivalTimestamp")
 
     @property
@@ -371,17 +448,16 @@ class KinesisRecord:
 
     def log_fields(self) -> dict[str, Any]:
         """What may be logged about this record: identifiers and the partition key, never data."""
-        kinesis = self.raw.get("kinesis", {})
         return {
             "eventID": self.event_id,
             "shardId": self.shard_id,
-            "sequenceNumber": kinesis.get("sequenceNumber"),
+            "sequenceNumber": self.sequence_number,
             "subSequenceNumber": self.sub_sequence_number,
-            "partitionKey": kinesis.get("partitionKey"),
+            "partitionKey": self._data.get("partitionKey"),
         }
 
     def __repr__(self) -> str:
-        return f"<KinesisRecord seq={self.raw.get('kinesis', {}).get('sequenceNumber')}>"
+        return f"<KinesisRecord seq={self.sequence_number}>"
 
 
 StreamRecord: TypeAlias = DynamoDBRecord | KinesisRecord
@@ -395,8 +471,9 @@ _VIEWS: dict[str, type[DynamoDBRecord] | type[KinesisRecord]] = {
 def parse_records(event: object) -> list[StreamRecord]:
     """The records of a Lambda stream event, as views; raises `EventError` on a bad envelope.
 
-    The envelope (what Lambda itself guarantees) is checked here; the content of each record is
-    checked lazily, and a record whose content is bad is poison, not an envelope error.
+    The envelope (what Lambda itself guarantees: a source, one source ARN, sequence numbers) is
+    checked here; the content of each record is checked lazily, and a record whose content is
+    bad is poison, not an envelope error.
     """
     if not isinstance(event, Mapping):
         raise EventError(f"a stream event is a JSON object, got {type(event).__name__}")
@@ -408,32 +485,43 @@ def parse_records(event: object) -> list[StreamRecord]:
     records = event.get("Records")
     if not isinstance(records, list):
         raise EventError("not a stream event: it has no Records list")
+    if not records:
+        return []
+    first = records[0]
+    source = first.get("eventSource") if isinstance(first, Mapping) else None
+    source_arn = first.get("eventSourceARN") if isinstance(first, Mapping) else None
+    view_type = _VIEWS.get(source)  # type: ignore[arg-type]
     views: list[StreamRecord] = []
-    source_arn: object = _MISSING
     for position, raw in enumerate(records):
-        if not isinstance(raw, Mapping):
-            raise EventError(f"record {position} is not a JSON object")
-        source = raw.get("eventSource")
-        if source is None:
-            raise EventError(f"record {position} has no eventSource")
-        view_type = _VIEWS.get(source)
-        if view_type is None:
-            raise EventError(
-                f"record {position} comes from {source!r:.40}; StreamProcessor handles "
-                "aws:dynamodb and aws:kinesis"
-            )
-        arn = raw.get("eventSourceARN")
-        if source_arn is _MISSING:
-            source_arn = arn
-        elif arn != source_arn:
-            raise EventError(
-                f"records come from more than one eventSourceARN ({source_arn!r} and {arn!r}); "
-                "Lambda never mixes sources or shards in one batch"
-            )
-        view = view_type(raw)
         try:
-            view.sequence_number  # noqa: B018  (the checkpoint needs it: envelope, not content)
-        except RecordDecodeError:
-            raise EventError(f"record {position} has no sequence number") from None
-        views.append(view)
+            if raw["eventSource"] is not source and raw["eventSource"] != source:
+                raise EventError(f"record {position} comes from {raw['eventSource']!r:.40}")
+            if raw.get("eventSourceARN") != source_arn:
+                raise EventError(
+                    f"records come from more than one eventSourceARN ({source_arn!r} and "
+                    f"{raw.get('eventSourceARN')!r}); Lambda never mixes sources or shards"
+                )
+            view = view_type(raw)  # type: ignore[misc]
+        except (KeyError, TypeError, AttributeError, RecordDecodeError) as error:
+            raise _envelope_error(position, raw) from error
+        if view_type is KinesisRecord and may_be_aggregate(raw):
+            # A KPL aggregate becomes its user records (the aggregation library loads only here).
+            views.extend(KinesisRecord(user, sub_sequence_number=n) for user, n in deaggregate(raw))
+        else:
+            views.append(view)
     return views
+
+
+def _envelope_error(position: int, raw: object) -> EventError:
+    """Why a record is not a stream record Lambda could have delivered."""
+    if not isinstance(raw, Mapping):
+        return EventError(f"record {position} is not a JSON object")
+    source = raw.get("eventSource")
+    if source is None:
+        return EventError(f"record {position} has no eventSource")
+    if source not in _VIEWS:
+        return EventError(
+            f"record {position} comes from {source!r:.40}; StreamProcessor handles "
+            "aws:dynamodb and aws:kinesis"
+        )
+    return EventError(f"record {position} has no sequence number")
