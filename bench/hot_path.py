@@ -3,7 +3,8 @@
 The same 10,000 MODIFY records of the worked example's items (both images), in events of at
 most 6 MB and 1,000 records, go through each contender in turn, alternating, for several
 rounds; the best round of each counts. The input is frozen out of the garbage collector's
-scans first (gc.freeze), so each contender pays for its own allocations only. Two handlers, each binding an image once:
+scans first (gc.freeze), so each contender pays for its own allocations only. Two handlers,
+each binding an image once:
 
 - full: walks every value of both images;
 - typical: reads the key and three attributes of the new image.
@@ -295,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, rate in rates.items():
             print(f"  {name:<24}{rate:>12,}")
         print(
-            f"  ours / powertools        {results[kind]['ours_vs_powertools']:>11}x  (target {target}x)"
+            f"  ours / powertools        {results[kind]['ours_vs_powertools']:>11}x"
+            f"  (target {target}x)"
         )
         print(f"  ours / plain loop        {results[kind]['ours_vs_typedeserializer_loop']:>11}x")
     d = results["decode_new_image"]
