@@ -14,7 +14,10 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def _registrations() -> list[Register]:
-    return []
+    from streams import dlq_command, kcl_command, local_command
+    from streams.write_command import register as register_write
+
+    return [local_command.register, kcl_command.register, dlq_command.register, register_write]
 
 
 def build_parser() -> argparse.ArgumentParser:

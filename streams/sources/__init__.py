@@ -1,0 +1,42 @@
+"""Shard sources: DynamoDB Streams and Kinesis read as Lambda reads them.
+
+Records come out in the exact shape of a Lambda event record (ESM-SPEC section 5).
+"""
+
+from __future__ import annotations
+
+from streams.sources.backoff import Backoff
+from streams.sources.base import (
+    EventSource,
+    Position,
+    PositionKind,
+    ReadResult,
+    Shard,
+    ShardReader,
+    ShardSource,
+)
+from streams.sources.convert import (
+    attribute_value_to_lambda,
+    dynamodb_record_to_lambda,
+    kinesis_record_to_lambda,
+)
+from streams.sources.dynamodb import DynamoDBStreamSource
+from streams.sources.kinesis import KinesisStreamSource
+from streams.sources.lineage import startable_shards
+
+__all__ = [
+    "Backoff",
+    "DynamoDBStreamSource",
+    "EventSource",
+    "KinesisStreamSource",
+    "Position",
+    "PositionKind",
+    "ReadResult",
+    "Shard",
+    "ShardReader",
+    "ShardSource",
+    "attribute_value_to_lambda",
+    "dynamodb_record_to_lambda",
+    "kinesis_record_to_lambda",
+    "startable_shards",
+]

@@ -1,0 +1,186 @@
+"""What reading a shard means, for both DynamoDB Streams and Kinesis.
+
+A reader keeps one shard iterator and its own position (the last record it returned). Each
+`read` is one `GetRecords` call of at most `limit` records, so memory never depends on the
+backlog. It renews an expired iterator from its position, waits out throttling with backoff,
+and decides when a closed shard has ended, by AWS's own signal (no next iterator, or
+`ChildShards`) or, where the endpoint never gives that signal (moto), by the shard's
+`EndingSequenceNumber` as the stream lists it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError
+
+from streams.sources.backoff import Backoff
+from streams.sources.base import Position, ReadResult, Shard
+
+# Error codes that mean "read less often" (DynamoDB Streams says LimitExceededException,
+# Kinesis ProvisionedThroughputExceededException); botocore retried each call before.
+THROTTLING_ERRORS = frozenset(
+    {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
+)
+EXPIRED_ITERATOR = "ExpiredIteratorException"
+
+
+@dataclass(frozen=True)
+class Page:
+    """One `GetRecords` response, records already in Lambda's shape."""
+
+    records: list[dict[str, Any]]
+    last_sequence_number: str | None
+    next_iterator: str | None
+    has_child_shards: bool
+    millis_behind_latest: int | None
+
+
+class StreamApi(Protocol):
+    """The calls that differ between DynamoDB Streams and Kinesis."""
+
+    max_limit: int
+
+    def get_iterator(self, shard_id: str, position: Position) -> str: ...
+
+    def get_page(self, shard_id: str, iterator: str, limit: int) -> Page: ...
+
+
+class ShardDirectory:
+    """The stream's shards as last listed, shared by a source and all its readers.
+
+    A reader that finds no new records asks whether its shard has closed meanwhile; the
+    answer comes from the last listing, and the stream is listed again only when that listing
+    is older than `max_age` seconds, so N readers cost one listing per interval, not N.
+    """
+
+    def __init__(
+        self, list_all: Callable[[], list[Shard]], *, clock: Callable[[], float], max_age: float
+    ) -> None:
+        self._list_all = list_all
+        self._clock = clock
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._shards: dict[str, Shard] = {}
+        self._listed_at: float | None = None
+
+    def refresh(self) -> list[Shard]:
+        """List the stream now (all pages) and remember what it said."""
+        shards = self._list_all()
+        with self._lock:
+            # A shard that drops out of the listing (past retention) keeps its last state.
+            self._shards.update((shard.shard_id, shard) for shard in shards)
+            self._listed_at = self._clock()
+        return shards
+
+    def shard(self, shard_id: str, *, refresh_if_stale: bool) -> Shard | None:
+        """The shard as last listed; listed again first if asked and the listing is stale."""
+        if refresh_if_stale:
+            with self._lock:
+                listed_at = self._listed_at
+            if listed_at is None or self._clock() - listed_at >= self._max_age:
+                self.refresh()
+        with self._lock:
+            return self._shards.get(shard_id)
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class StreamShardReader:
+    """A `ShardReader` over one shard of a real stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        api: StreamApi,
+        shard_id: str,
+        position: Position,
+        *,
+        directory: ShardDirectory,
+        backoff: Backoff,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self._api = api
+        self._shard_id = shard_id
+        self._start = position
+        self._directory = directory
+        self._backoff = backoff
+        self._sleep = sleep
+        self._iterator: str | None = None
+        self._last_sequence_number: str | None = None
+        self._throttled_reads = 0
+        self._ended = False
+
+    def _resume_position(self) -> Position:
+        if self._last_sequence_number is None:
+            return self._start
+        return Position("AFTER_SEQUENCE_NUMBER", sequence_number=self._last_sequence_number)
+
+    def _consumed_through(self) -> int | None:
+        """The highest sequence number known to be behind this reader, if any."""
+        if self._last_sequence_number is not None:
+            return int(self._last_sequence_number)
+        if self._start.sequence_number is None:
+            return None
+        if self._start.kind == "AFTER_SEQUENCE_NUMBER":
+            return int(self._start.sequence_number)
+        return int(self._start.sequence_number) - 1
+
+    def _fetch(self, limit: int) -> Page:
+        if self._iterator is None:
+            self._iterator = self._api.get_iterator(self._shard_id, self._resume_position())
+        try:
+            return self._api.get_page(self._shard_id, self._iterator, limit)
+        except ClientError as error:
+            if _error_code(error) != EXPIRED_ITERATOR:
+                raise
+        # Iterators expire (DynamoDB after 15 minutes, Kinesis after 5 minutes unused): take a
+        # new one from the last record returned. A second expiry in a row is not normal.
+        self._iterator = self._api.get_iterator(self._shard_id, self._resume_position())
+        return self._api.get_page(self._shard_id, self._iterator, limit)
+
+    def read(self, limit: int) -> ReadResult:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        if self._ended:
+            return ReadResult(records=[], shard_ended=True)
+        try:
+            page = self._fetch(min(limit, self._api.max_limit))
+        except ClientError as error:
+            if _error_code(error) not in THROTTLING_ERRORS:
+                raise
+            self._sleep(self._backoff.delay(self._throttled_reads))
+            self._throttled_reads += 1
+            return ReadResult(records=[], shard_ended=False, throttled=True)
+        self._throttled_reads = 0
+        if page.last_sequence_number is not None:
+            self._last_sequence_number = page.last_sequence_number
+        self._iterator = page.next_iterator
+        self._ended = self._shard_has_ended(page)
+        if self._ended:
+            self._iterator = None
+        return ReadResult(
+            records=page.records,
+            shard_ended=self._ended,
+            millis_behind_latest=page.millis_behind_latest,
+        )
+
+    def _shard_has_ended(self, page: Page) -> bool:
+        # AWS's signal: a closed shard read to its end has no next iterator (Kinesis also
+        # names the children).
+        if page.next_iterator is None or page.has_child_shards:
+            return True
+        # moto never gives that signal: compare with the shard's EndingSequenceNumber. The
+        # listing is refreshed (at most every `max_age`) only when a read found nothing new.
+        shard = self._directory.shard(self._shard_id, refresh_if_stale=not page.records)
+        if shard is None or shard.ending_sequence_number is None:
+            return False
+        consumed = self._consumed_through()
+        if consumed is not None and consumed >= int(shard.ending_sequence_number):
+            return True
+        # Kinesis: nothing returned and nothing behind the tip of a closed shard.
+        return not page.records and page.millis_behind_latest == 0

@@ -1,0 +1,578 @@
+"""Shard sources read DynamoDB Streams and Kinesis as Lambda reads them (against moto's server).
+
+What moto cannot do (iterator expiry, throttling, AWS's end-of-shard signal, DynamoDB shard
+lineage, NextToken-only ListShards pages) is added with botocore event hooks on the real
+clients: the request still goes to moto unless the hook fails it first.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
+
+from streams.sources import (
+    Backoff,
+    DynamoDBStreamSource,
+    KinesisStreamSource,
+    Position,
+    ReadResult,
+    Shard,
+    startable_shards,
+)
+
+# --- botocore hooks on a real client ------------------------------------------------------
+
+
+class Hooks:
+    """Record each call's parameters, fail chosen calls before they reach moto, edit replies."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._service = client.meta.service_model.service_id.hyphenize()
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        client.meta.events.register(f"provide-client-params.{self._service}", self._record)
+
+    def _record(
+        self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any
+    ) -> None:
+        self.calls.append((model.name, copy.deepcopy(params)))
+        context["test_params"] = self.calls[-1][1]
+
+    def params(self, operation: str) -> list[dict[str, Any]]:
+        return [params for name, params in self.calls if name == operation]
+
+    def fail_next(self, operation: str, *codes: str) -> None:
+        pending = list(codes)
+
+        def fail(**_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+            if not pending:
+                return None
+            code = pending.pop(0)
+            error = {"Error": {"Code": code, "Message": f"injected {code}"}}
+            return AWSResponse("http://127.0.0.1/", 400, {}, None), error
+
+        self._client.meta.events.register(f"before-call.{self._service}.{operation}", fail)
+
+    def edit_replies(
+        self, operation: str, edit: Callable[[dict[str, Any], dict[str, Any]], None]
+    ) -> None:
+        """`edit(parsed, params)` changes moto's parsed reply in place."""
+
+        def after(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+            edit(parsed, context["test_params"])
+
+        self._client.meta.events.register(f"after-call.{self._service}.{operation}", after)
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Sleeps:
+    seconds: list[float] = field(default_factory=list)
+
+    def __call__(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+# --- one shard of each kind ---------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    kind: str
+    source: DynamoDBStreamSource | KinesisStreamSource
+    hooks: Hooks
+    write: Callable[[int], None]
+    clock: FakeClock
+    sleeps: Sleeps
+    throttling_error: str
+
+    @property
+    def shard_id(self) -> str:
+        (shard,) = self.source.list_shards()
+        return shard.shard_id
+
+    def sequence_numbers(self, result: ReadResult) -> list[str]:
+        if self.kind == "dynamodb":
+            return [record["dynamodb"]["SequenceNumber"] for record in result.records]
+        return [record["kinesis"]["sequenceNumber"] for record in result.records]
+
+
+def _dynamodb_stream(aws: boto3.Session, name: str, backoff: Backoff) -> Stream:
+    dynamodb = aws.client("dynamodb")
+    stream_arn = dynamodb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )["TableDescription"]["LatestStreamArn"]
+    written = iter(range(10**6))
+
+    def write(count: int) -> None:
+        for _ in range(count):
+            dynamodb.put_item(TableName=name, Item={"pk": {"S": f"item-{next(written)}"}})
+
+    client = aws.client("dynamodbstreams")
+    clock, sleeps = FakeClock(), Sleeps()
+    source = DynamoDBStreamSource(
+        stream_arn, client=client, backoff=backoff, sleep=sleeps, clock=clock
+    )
+    return Stream("dynamodb", source, Hooks(client), write, clock, sleeps, "LimitExceededException")
+
+
+def _kinesis_stream(aws: boto3.Session, name: str, backoff: Backoff, shards: int = 1) -> Stream:
+    client = aws.client("kinesis")
+    client.create_stream(StreamName=name, ShardCount=shards)
+    stream_arn = client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    written = iter(range(10**6))
+
+    def write(count: int) -> None:
+        for _ in range(count):
+            number = next(written)
+            client.put_record(StreamARN=stream_arn, Data=f"{number}".encode(), PartitionKey="k")
+
+    clock, sleeps = FakeClock(), Sleeps()
+    source = KinesisStreamSource(
+        stream_arn, client=client, backoff=backoff, sleep=sleeps, clock=clock
+    )
+    return Stream(
+        "kinesis",
+        source,
+        Hooks(client),
+        write,
+        clock,
+        sleeps,
+        "ProvisionedThroughputExceededException",
+    )
+
+
+@pytest.fixture(params=["dynamodb", "kinesis"])
+def stream(request: pytest.FixtureRequest, aws: boto3.Session, unique_name: str) -> Stream:
+    backoff = Backoff(base=1.0, cap=4.0, random=lambda: 1.0)
+    if request.param == "dynamodb":
+        return _dynamodb_stream(aws, unique_name, backoff)
+    return _kinesis_stream(aws, unique_name, backoff)
+
+
+# --- rules for both services --------------------------------------------------------------
+
+
+def test_reads_each_record_once_in_sequence_order_and_at_most_limit_per_call(
+    stream: Stream,
+) -> None:
+    stream.write(25)
+    reader = stream.source.open(stream.shard_id, Position("TRIM_HORIZON"))
+
+    results = [reader.read(10) for _ in range(3)]
+
+    assert [len(result.records) for result in results] == [10, 10, 5]
+    numbers = [int(n) for result in results for n in stream.sequence_numbers(result)]
+    assert numbers == sorted(set(numbers))
+    # Memory stays bounded: each call asks the service for no more than the limit.
+    assert [params["Limit"] for params in stream.hooks.params("GetRecords")] == [10, 10, 10]
+
+
+def test_a_limit_above_the_service_maximum_is_capped_to_it(stream: Stream) -> None:
+    stream.write(1)
+    reader = stream.source.open(stream.shard_id, Position("TRIM_HORIZON"))
+
+    reader.read(1_000_000)
+
+    maximum = 1000 if stream.kind == "dynamodb" else 10_000
+    assert [params["Limit"] for params in stream.hooks.params("GetRecords")] == [maximum]
+
+
+def test_latest_skips_earlier_records_and_trim_horizon_reads_them(stream: Stream) -> None:
+    stream.write(3)
+    latest = stream.source.open(stream.shard_id, Position("LATEST"))
+    assert latest.read(100).records == []  # takes its iterator now
+
+    stream.write(2)
+
+    assert len(latest.read(100).records) == 2
+    everything = stream.source.open(stream.shard_id, Position("TRIM_HORIZON"))
+    assert len(everything.read(100).records) == 5
+
+
+def test_a_checkpoint_resumes_after_or_at_its_sequence_number(stream: Stream) -> None:
+    stream.write(5)
+    first = stream.source.open(stream.shard_id, Position("TRIM_HORIZON")).read(100)
+    numbers = stream.sequence_numbers(first)
+
+    after = stream.source.open(
+        stream.shard_id, Position("AFTER_SEQUENCE_NUMBER", sequence_number=numbers[1])
+    ).read(100)
+    at = stream.source.open(
+        stream.shard_id, Position("AT_SEQUENCE_NUMBER", sequence_number=numbers[1])
+    ).read(100)
+
+    assert stream.sequence_numbers(after) == numbers[2:]
+    assert stream.sequence_numbers(at) == numbers[1:]
+
+
+def test_an_expired_iterator_is_renewed_after_the_last_record_returned(stream: Stream) -> None:
+    stream.write(6)
+    reader = stream.source.open(stream.shard_id, Position("TRIM_HORIZON"))
+    first = reader.read(3)
+    stream.hooks.fail_next("GetRecords", "ExpiredIteratorException")
+
+    rest = reader.read(10)
+
+    all_numbers = stream.sequence_numbers(
+        stream.source.open(stream.shard_id, Position("TRIM_HORIZON")).read(100)
+    )
+    assert stream.sequence_numbers(first) + stream.sequence_numbers(rest) == all_numbers
+    renewal = stream.hooks.params("GetShardIterator")[1]
+    assert renewal["ShardIteratorType"] == "AFTER_SEQUENCE_NUMBER"
+    assert stream.sequence_numbers(first)[-1] in renewal.values()
+
+
+def test_an_iterator_expired_before_any_record_is_renewed_at_the_starting_position(
+    stream: Stream,
+) -> None:
+    stream.write(2)
+    reader = stream.source.open(stream.shard_id, Position("TRIM_HORIZON"))
+    stream.hooks.fail_next("GetRecords", "ExpiredIteratorException")
+
+    assert len(reader.read(10).records) == 2
+    kinds = [params["ShardIteratorType"] for params in stream.hooks.params("GetShardIterator")]
+    assert kinds == ["TRIM_HORIZON", "TRIM_HORIZON"]
+
+
+def test_throttled_reads_back_off_exponentially_and_reset_after_a_good_read(
+    stream: Stream,
+) -> None:
+    stream.write(2)
+    reader = stream.source.open(stream.shard_id, Position("TRIM_HORIZON"))
+    stream.hooks.fail_next("GetRecords", *[stream.throttling_error] * 4)
+
+    throttled = [reader.read(10) for _ in range(4)]
+    good = reader.read(10)
+    stream.write(1)
+    stream.hooks.fail_next("GetRecords", stream.throttling_error)
+    again = reader.read(10)
+
+    assert all(result.throttled and not result.records for result in throttled)
+    assert len(good.records) == 2 and not good.throttled
+    assert again.throttled
+    # base 1 s doubling, capped at 4 s, jitter pinned to its maximum; reset after success.
+    assert stream.sleeps.seconds == [1.0, 2.0, 4.0, 4.0, 1.0]
+    assert len(reader.read(10).records) == 1
+
+
+def test_errors_other_than_expiry_and_throttling_reach_the_caller(stream: Stream) -> None:
+    reader = stream.source.open(stream.shard_id, Position("TRIM_HORIZON"))
+    stream.hooks.fail_next("GetRecords", "InternalServerError")
+
+    with pytest.raises(ClientError, match="InternalServerError"):
+        reader.read(10)
+
+
+def test_an_open_shard_does_not_end_when_its_reader_is_caught_up(stream: Stream) -> None:
+    stream.write(1)
+    reader = stream.source.open(stream.shard_id, Position("TRIM_HORIZON"))
+
+    results = [reader.read(10) for _ in range(3)]
+    stream.clock.now += 3600  # past any listing refresh interval
+    results.append(reader.read(10))
+
+    assert [len(result.records) for result in results] == [1, 0, 0, 0]
+    assert not any(result.shard_ended for result in results)
+
+
+def test_the_aws_signal_of_no_next_iterator_ends_the_shard(stream: Stream) -> None:
+    stream.write(3)
+
+    def at_the_end(parsed: dict[str, Any], params: dict[str, Any]) -> None:
+        parsed.pop("NextShardIterator", None)
+
+    stream.hooks.edit_replies("GetRecords", at_the_end)
+    reader = stream.source.open(stream.shard_id, Position("TRIM_HORIZON"))
+
+    last = reader.read(10)
+    after = reader.read(10)
+
+    assert len(last.records) == 3 and last.shard_ended
+    assert after == ReadResult(records=[], shard_ended=True)
+    assert len(stream.hooks.params("GetRecords")) == 1  # an ended reader makes no more calls
+
+
+def test_readers_list_the_stream_for_closed_shards_at_most_once_per_refresh_interval(
+    stream: Stream,
+) -> None:
+    shard_id = stream.shard_id
+    listing = "DescribeStream" if stream.kind == "dynamodb" else "ListShards"
+    readers = [stream.source.open(shard_id, Position("TRIM_HORIZON")) for _ in range(3)]
+    before = len(stream.hooks.params(listing))
+
+    for reader in readers:
+        reader.read(10)
+    stream.clock.now += 5  # within the default 10 s
+    for reader in readers:
+        reader.read(10)
+    stream.clock.now += 5
+    for reader in readers:
+        reader.read(10)
+
+    assert len(stream.hooks.params(listing)) - before == 1
+
+
+# --- DynamoDB Streams ---------------------------------------------------------------------
+
+
+def test_dynamodb_parent_is_read_to_its_ending_sequence_number_before_its_child_starts(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    # GIVEN moto's one shard presented as a closed parent on DescribeStream's first page and a
+    # child on the second (DynamoDB rolls shards over about every 4 hours; moto never does)
+    stream = _dynamodb_stream(aws, unique_name, Backoff())
+    stream.write(4)
+    parent_id = stream.shard_id
+    records = stream.source.open(parent_id, Position("TRIM_HORIZON")).read(100)
+    ending = stream.sequence_numbers(records)[-1]
+    child_id = "shardId-00000001700000000000-child000"
+
+    def paged(parsed: dict[str, Any], params: dict[str, Any]) -> None:
+        description = parsed["StreamDescription"]
+        if "ExclusiveStartShardId" not in params:
+            description["Shards"][0]["SequenceNumberRange"]["EndingSequenceNumber"] = ending
+            description["LastEvaluatedShardId"] = parent_id
+        else:
+            description["Shards"] = [
+                {
+                    "ShardId": child_id,
+                    "ParentShardId": parent_id,
+                    "SequenceNumberRange": {"StartingSequenceNumber": str(int(ending) + 1)},
+                }
+            ]
+
+    stream.hooks.edit_replies("DescribeStream", paged)
+
+    # WHEN the stream is listed and the startable shards are read
+    shards = stream.source.list_shards()
+    first = startable_shards(shards, finished=set(), started=set())
+    reader = stream.source.open(first[0].shard_id, Position("TRIM_HORIZON"))
+    batches = [reader.read(3), reader.read(3)]
+
+    # THEN both pages were listed, only the parent could start, and it ended at its last record
+    assert stream.hooks.params("DescribeStream")[-1]["ExclusiveStartShardId"] == parent_id
+    assert [shard.shard_id for shard in shards] == [parent_id, child_id]
+    assert shards[1].parent_shard_ids == (parent_id,)
+    assert first == [shards[0]]
+    assert [len(batch.records) for batch in batches] == [3, 1]
+    assert [batch.shard_ended for batch in batches] == [False, True]
+    assert startable_shards(shards, finished={parent_id}, started={parent_id}) == [shards[1]]
+
+
+def test_dynamodb_streams_has_no_at_timestamp_position(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    stream = _dynamodb_stream(aws, unique_name, Backoff())
+    with pytest.raises(ValueError, match="AT_TIMESTAMP"):
+        stream.source.open(stream.shard_id, Position("AT_TIMESTAMP", timestamp=datetime.now(UTC)))
+
+
+# --- Kinesis ------------------------------------------------------------------------------
+
+
+def _kinesis_shard(shards: list[Shard], shard_id: str) -> Shard:
+    (shard,) = [shard for shard in shards if shard.shard_id == shard_id]
+    return shard
+
+
+def test_kinesis_list_shards_pages_with_next_token_alone(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    client = aws.client("kinesis")
+    client.create_stream(StreamName=unique_name, ShardCount=4)
+    stream_arn = client.describe_stream_summary(StreamName=unique_name)["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    sent: list[dict[str, Any]] = []
+
+    def moto_needs_the_stream_again(params: dict[str, Any], **_: Any) -> None:
+        # AWS refuses StreamARN next to NextToken; moto's paginator needs it. Record what the
+        # source sent, then add it for moto.
+        sent.append(dict(params))
+        if "NextToken" in params:
+            params["StreamARN"] = stream_arn
+
+    client.meta.events.register(
+        "before-parameter-build.kinesis.ListShards", moto_needs_the_stream_again
+    )
+    source = KinesisStreamSource(stream_arn, client=client, page_size=1)
+
+    shards = source.list_shards()
+
+    assert [shard.shard_id for shard in shards] == [f"shardId-00000000000{i}" for i in range(4)]
+    assert len(sent) == 4
+    assert sent[0] == {"StreamARN": stream_arn, "MaxResults": 1}
+    assert all(set(params) == {"NextToken", "MaxResults"} for params in sent[1:])
+
+
+def test_kinesis_split_closes_the_parent_which_ends_after_its_last_record(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    stream = _kinesis_stream(aws, unique_name, Backoff())
+    stream.write(5)
+    parent_id = stream.shard_id
+    client = aws.client("kinesis")
+    client.split_shard(
+        StreamARN=stream.source.source_arn,
+        ShardToSplit=parent_id,
+        NewStartingHashKey=str(2**127),
+    )
+
+    shards = stream.source.list_shards()
+    reader = stream.source.open(parent_id, Position("TRIM_HORIZON"))
+    batches = [reader.read(3), reader.read(3)]
+
+    parent = _kinesis_shard(shards, parent_id)
+    children = [shard for shard in shards if shard.parent_shard_ids == (parent_id,)]
+    assert parent.closed and len(children) == 2
+    assert not any(child.closed for child in children)
+    assert startable_shards(shards, finished=set(), started=set()) == [parent]
+    assert [len(batch.records) for batch in batches] == [3, 2]
+    assert [batch.shard_ended for batch in batches] == [False, True]
+    assert startable_shards(shards, finished={parent_id}, started={parent_id}) == children
+
+
+def test_kinesis_merge_gives_the_child_two_parents_and_it_waits_for_both(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    stream = _kinesis_stream(aws, unique_name, Backoff(), shards=2)
+    client = aws.client("kinesis")
+    first, second = (shard.shard_id for shard in stream.source.list_shards())
+    client.merge_shards(
+        StreamARN=stream.source.source_arn, ShardToMerge=first, AdjacentShardToMerge=second
+    )
+
+    shards = stream.source.list_shards()
+    (child,) = [shard for shard in shards if shard.parent_shard_ids]
+
+    assert child.parent_shard_ids == (first, second)
+    assert startable_shards(shards, finished={first}, started={first, second}) == []
+    assert startable_shards(shards, finished={first, second}, started={first, second}) == [child]
+
+
+def test_kinesis_an_empty_closed_shard_ends_on_its_first_read(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    stream = _kinesis_stream(aws, unique_name, Backoff())
+    parent_id = stream.shard_id
+    aws.client("kinesis").update_shard_count(
+        StreamARN=stream.source.source_arn, TargetShardCount=2, ScalingType="UNIFORM_SCALING"
+    )
+    stream.source.list_shards()
+
+    result = stream.source.open(parent_id, Position("TRIM_HORIZON")).read(10)
+
+    assert result.records == [] and result.shard_ended
+
+
+def test_kinesis_child_shards_in_a_reply_end_the_shard(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    stream = _kinesis_stream(aws, unique_name, Backoff())
+    stream.write(2)
+
+    def closed(parsed: dict[str, Any], params: dict[str, Any]) -> None:
+        parsed["ChildShards"] = [
+            {
+                "ShardId": "shardId-000000000001",
+                "ParentShards": ["shardId-000000000000"],
+                "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "1"},
+            }
+        ]
+
+    stream.hooks.edit_replies("GetRecords", closed)
+
+    result = stream.source.open(stream.shard_id, Position("TRIM_HORIZON")).read(10)
+
+    assert len(result.records) == 2 and result.shard_ended
+
+
+def test_kinesis_at_timestamp_passes_the_time_and_starts_there(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    stream = _kinesis_stream(aws, unique_name, Backoff())
+    stream.write(3)
+    past = datetime(2000, 1, 1, tzinfo=UTC)
+    future = datetime.now(UTC) + timedelta(hours=1)
+
+    from_past = stream.source.open(stream.shard_id, Position("AT_TIMESTAMP", timestamp=past))
+    from_future = stream.source.open(stream.shard_id, Position("AT_TIMESTAMP", timestamp=future))
+
+    assert len(from_past.read(10).records) == 3
+    assert from_future.read(10).records == []
+    timestamps = [params.get("Timestamp") for params in stream.hooks.params("GetShardIterator")]
+    assert timestamps == [past, future]
+
+
+def test_kinesis_invoke_identity_can_be_chosen(aws: boto3.Session, unique_name: str) -> None:
+    stream = _kinesis_stream(aws, unique_name, Backoff())
+    stream.write(1)
+    role = "arn:aws:iam::123456789012:role/processor-role"
+    source = KinesisStreamSource(stream.source.source_arn, invoke_identity_arn=role)
+
+    (record,) = source.open(stream.shard_id, Position("TRIM_HORIZON")).read(1).records
+
+    assert record["invokeIdentityArn"] == role
+
+
+# --- positions and lineage without a stream -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "arguments"),
+    [
+        ("AFTER_SEQUENCE_NUMBER", {}),
+        ("AT_SEQUENCE_NUMBER", {}),
+        ("TRIM_HORIZON", {"sequence_number": "1"}),
+        ("AT_TIMESTAMP", {}),
+        ("LATEST", {"timestamp": datetime(2026, 1, 1, tzinfo=UTC)}),
+    ],
+)
+def test_a_position_refuses_missing_or_extra_fields(kind: Any, arguments: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=kind):
+        Position(kind, **arguments)
+
+
+def _shards(*specs: tuple[str, tuple[str, ...]]) -> list[Shard]:
+    return [Shard(shard_id, parents, "0") for shard_id, parents in specs]
+
+
+def test_a_shard_whose_parent_is_no_longer_listed_may_start() -> None:
+    # A parent past the stream's retention is gone from the listing, with its records.
+    shards = _shards(("child", ("expired-parent",)))
+    assert startable_shards(shards, finished=set(), started=set()) == shards
+
+
+def test_started_or_finished_shards_are_not_started_again() -> None:
+    shards = _shards(("a", ()), ("b", ()), ("c", ()))
+    ready = startable_shards(shards, finished={"a"}, started={"a", "b"})
+    assert [shard.shard_id for shard in ready] == ["c"]
+
+
+def test_backoff_is_full_jitter_below_a_doubling_cap() -> None:
+    draws: Iterator[float] = iter([0.5, 0.5, 0.5, 0.5])
+    backoff = Backoff(base=0.25, cap=1.0, random=lambda: next(draws))
+    assert [backoff.delay(attempt) for attempt in range(4)] == [0.125, 0.25, 0.5, 0.5]
+    assert Backoff(random=lambda: 1.0).delay(10_000) == Backoff().cap
