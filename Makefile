@@ -13,7 +13,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# amazon-kclpy (the kcl extra) from its PyPI sdist, pinned by version and hash, without the KCL
+# jars (README, "Running on a KCL fleet"): its setup.py downloads them from Maven Central in
+# `install` and `bdist_wheel`; a PEP 660 editable install of the unpacked sdist runs neither.
+# The unpacked sdist stays in .venv/src (the install points there).
+KCLPY := amazon_kclpy-3.2.0
+KCLPY_STAMP := $(VENV)/.installed-kclpy
+
+$(KCLPY_STAMP): requirements/kclpy.txt requirements/kclpy-build.txt | $(BIN)/python
+	rm -rf $(VENV)/src/$(KCLPY) $(VENV)/src/$(KCLPY).tar.gz
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: --require-hashes \
+		--build-constraint requirements/kclpy-build.txt -r requirements/kclpy.txt -d $(VENV)/src
+	tar -xzf $(VENV)/src/$(KCLPY).tar.gz -C $(VENV)/src
+	$(BIN)/python -m pip install --quiet --no-deps --build-constraint requirements/kclpy-build.txt \
+		--config-settings editable_mode=strict -e $(VENV)/src/$(KCLPY)
+	touch $@
+
+$(STAMP): pyproject.toml $(KCLPY_STAMP) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 

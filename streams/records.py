@@ -21,7 +21,7 @@ from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Under
 from typing import Any, Literal, TypeAlias
 
 from streams.errors import EventError
-from streams.kpl import deaggregate, may_be_aggregate
+from streams.kpl import AGGREGATE_BASE64_PREFIX, deaggregate
 
 __all__ = [
     "DynamoDBRecord",
@@ -504,7 +504,8 @@ def parse_records(event: object) -> list[StreamRecord]:
             view = view_type(raw)  # type: ignore[misc]
         except (KeyError, TypeError, AttributeError, RecordDecodeError) as error:
             raise _envelope_error(position, raw) from error
-        if view_type is KinesisRecord and may_be_aggregate(raw):
+        data = view._data.get("data") if isinstance(view, KinesisRecord) else None
+        if type(data) is str and data.startswith(AGGREGATE_BASE64_PREFIX):
             # A KPL aggregate becomes its user records (the aggregation library loads only here).
             views.extend(KinesisRecord(user, sub_sequence_number=n) for user, n in deaggregate(raw))
         else:

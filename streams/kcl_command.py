@@ -1,0 +1,324 @@
+"""`streams kcl`: run the handler on a Kinesis Client Library fleet (amazon-kclpy).
+
+- `streams kcl worker --handler module:function` is the record processor the MultiLangDaemon
+  starts, one process per shard lease (the properties file's `executableName`).
+- `streams kcl properties ...` writes the KCL properties file for a stream and an application.
+- `streams kcl run --properties FILE` starts the MultiLangDaemon (or `--print`s its command),
+  after checking that KCL's jars are there and are jars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import zipfile
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from streams.batch import RetryPolicy, StreamProcessor
+from streams.deadletter import SqsDeadLetterQueue
+from streams.errors import UserError
+from streams.handlers import load_handler
+
+__all__ = ["MULTILANG_DAEMON", "register"]
+
+MULTILANG_DAEMON = "software.amazon.kinesis.multilang.MultiLangDaemon"
+_MULTILANG_JAR_PREFIX = "amazon-kinesis-client-multilang-"
+_INITIAL_POSITIONS = ("TRIM_HORIZON", "LATEST")
+_HOW_TO_GET_JARS = (
+    "install amazon-kclpy where Maven Central is reachable (pip install amazon-kclpy==3.2.0 "
+    "downloads the jars its pom.xml lists; KCL_MVN_REPO_SEARCH_URL points it at a mirror), "
+    "or fetch them with Maven from that pom.xml and pass --jars DIR"
+)
+
+_NOT_INSTALLED = (
+    "amazon-kclpy is not installed ({error}): install the kcl extra "
+    "(README, 'Running on a KCL fleet')"
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "kcl",
+        help="run the handler on a Kinesis Client Library fleet",
+        description="Run the handler on a Kinesis Client Library fleet (amazon-kclpy).",
+    )
+    commands = parser.add_subparsers(title="kcl commands", metavar="COMMAND", required=True)
+
+    worker = commands.add_parser(
+        "worker",
+        help="the record processor the MultiLangDaemon starts (one per shard lease)",
+        description="The record processor KCL's MultiLangDaemon starts, one process per shard "
+        "lease. Its stdout carries the protocol only; everything else goes to stderr.",
+    )
+    worker.add_argument("--handler", required=True, metavar="MODULE:FUNCTION")
+    worker.add_argument("--stream-arn", help="the stream's ARN (the records' eventSourceARN)")
+    worker.add_argument("--region", help="the records' awsRegion (default: AWS_REGION)")
+    worker.add_argument(
+        "--queue-url", help="the dead-letter queue (default: DEAD_LETTER_QUEUE_URL)"
+    )
+    worker.add_argument(
+        "--max-record-age",
+        type=int,
+        default=21600,
+        metavar="SECONDS",
+        help="park a record that keeps failing transiently once it is this old, as too-old "
+        "(default 21600; 0: hold the shard until it succeeds)",
+    )
+    worker.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="in-place retries of a transient failure before the shard is held (default 3)",
+    )
+    worker.add_argument(
+        "--backoff",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="first delay of the backoff between holds and checkpoint retries (default 1)",
+    )
+    worker.set_defaults(func=_worker)
+
+    properties = commands.add_parser(
+        "properties",
+        help="write a KCL properties file",
+        description="Write the properties file KCL's MultiLangDaemon reads.",
+    )
+    stream = properties.add_mutually_exclusive_group(required=True)
+    stream.add_argument("--stream", help="the stream's name (its ARN is looked up)")
+    stream.add_argument("--stream-arn", help="the stream's ARN (no look-up)")
+    properties.add_argument(
+        "--application",
+        required=True,
+        help="KCL application name (also the name of its DynamoDB lease table)",
+    )
+    properties.add_argument("--handler", required=True, metavar="MODULE:FUNCTION")
+    properties.add_argument("--region", help="default: the stream ARN's, else AWS_REGION")
+    properties.add_argument("--queue-url", help="the dead-letter queue the workers park into")
+    properties.add_argument(
+        "--initial-position",
+        choices=_INITIAL_POSITIONS,
+        default="TRIM_HORIZON",
+        help="where a shard without a checkpoint starts (default TRIM_HORIZON)",
+    )
+    properties.add_argument("--max-records", type=int, help="records per GetRecords call")
+    properties.add_argument(
+        "--output", "-o", default="kcl.properties", type=Path, help="default: kcl.properties"
+    )
+    properties.add_argument("--force", action="store_true", help="overwrite an existing file")
+    properties.set_defaults(func=_properties)
+
+    run = commands.add_parser(
+        "run",
+        help="start KCL's MultiLangDaemon with a properties file",
+        description="Start KCL's MultiLangDaemon (java) with a properties file, using "
+        "amazon-kclpy's jars, or print the command.",
+    )
+    run.add_argument("--properties", required=True, type=Path)
+    run.add_argument("--java", help="the java executable (default: java on PATH)")
+    run.add_argument("--jars", type=Path, help="folder of KCL jars (default: amazon-kclpy's)")
+    run.add_argument("--log-configuration", type=Path, help="a logback.xml for KCL")
+    run.add_argument("--print", action="store_true", help="print the command, do not start it")
+    run.set_defaults(func=_run)
+
+
+# worker --------------------------------------------------------------------------------------
+
+
+def _worker(args: argparse.Namespace) -> int:
+    if args.max_record_age < 0 or args.retries < 0 or args.backoff < 0:
+        raise UserError("--max-record-age, --retries and --backoff must not be negative")
+    kcl = _kcl()
+    # First: nothing may write to the protocol stream, not even the handler module's import.
+    protocol = kcl.claim_stdout()
+    handler = load_handler(args.handler)
+    dead_letters = (
+        SqsDeadLetterQueue(args.queue_url)
+        if args.queue_url
+        else SqsDeadLetterQueue.from_environment()
+    )
+    core = StreamProcessor(
+        handler,
+        dead_letters=dead_letters,
+        retry=RetryPolicy(retries=args.retries),
+        max_record_age=timedelta(seconds=args.max_record_age) if args.max_record_age else None,
+    )
+    processor = kcl.KclRecordProcessor(
+        core,
+        source=kcl.StreamSource(
+            stream_arn=args.stream_arn, region=args.region or os.environ.get("AWS_REGION")
+        ),
+        hold=kcl.Backoff(args.backoff, 30.0),
+        checkpoint_backoff=kcl.Backoff(args.backoff, 10.0),
+    )
+    kcl.run(processor, stdin=sys.stdin, stdout=protocol, stderr=sys.stderr)
+    return 0
+
+
+def _kcl() -> ModuleType:
+    """streams.kcl, which needs amazon-kclpy (an optional extra)."""
+    try:
+        from streams import kcl
+    except ImportError as error:
+        raise UserError(_NOT_INSTALLED.format(error=error)) from None
+    return kcl
+
+
+# properties ----------------------------------------------------------------------------------
+
+
+def _properties(args: argparse.Namespace) -> int:
+    output: Path = args.output
+    if output.exists() and not args.force:
+        raise UserError(f"{output} exists: pass --force to overwrite it")
+    if args.max_records is not None and args.max_records < 1:
+        raise UserError("--max-records must be at least 1")
+    if args.handler.count(":") != 1 or " " in args.handler:
+        raise UserError(f"--handler {args.handler!r} is not MODULE:FUNCTION")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if args.stream_arn:
+        arn = args.stream_arn
+        arn_region = _arn_region(arn)  # a malformed ARN is refused, --region or not
+        region = args.region or arn_region
+    else:
+        region = args.region or boto3.session.Session().region_name
+        if not region:
+            raise UserError("no AWS region: pass --region or set AWS_REGION")
+        arn = _stream_arn(args.stream, region)
+    worker = [sys.executable, "-m", "streams", "kcl", "worker", "--handler", args.handler]
+    worker += ["--stream-arn", arn, "--region", region]
+    if args.queue_url:
+        worker += ["--queue-url", args.queue_url]
+    spaced = [part for part in worker if " " in part or not part]
+    if spaced:
+        # The MultiLangDaemon splits executableName on spaces, with no quoting.
+        raise UserError(
+            f"{spaced[0]!r} contains a space, which executableName cannot hold "
+            "(the MultiLangDaemon splits it on spaces)"
+        )
+    values: dict[str, str | int] = {
+        "executableName": " ".join(worker),
+        "streamName": arn.rpartition("/")[2],
+        "streamArn": arn,
+        "applicationName": args.application,
+        "regionName": region,
+        "initialPositionInStream": args.initial_position,
+        "AwsCredentialsProvider": "DefaultCredentialsProvider",
+        "processingLanguage": f"python/{sys.version_info.major}.{sys.version_info.minor}",
+    }
+    if args.max_records is not None:
+        values["maxRecords"] = args.max_records
+    output.write_text(_properties_text(values), encoding="iso-8859-1")
+    where = f"endpoint {endpoint}" if endpoint else f"AWS region {region}"
+    print(f"wrote {output}: stream {arn}, application {args.application} ({where})")
+    return 0
+
+
+def _properties_text(values: Mapping[str, str | int]) -> str:
+    lines = [
+        "# KCL MultiLangDaemon properties, written by `streams kcl properties`.",
+        "# Start the daemon with: streams kcl run --properties <this file>",
+        "# All settings: amazon-kclpy's samples/sample.properties.",
+    ]
+    lines += [f"{name} = {_escape(str(value))}" for name, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    """A value as java.util.Properties reads it (ISO 8859-1, backslash escapes)."""
+    return "".join(
+        "\\\\" if char == "\\" else char if " " <= char <= "~" else f"\\u{ord(char):04x}"
+        for char in value
+    )
+
+
+def _arn_region(arn: str) -> str:
+    parts = arn.split(":")
+    if len(parts) < 6 or parts[2] != "kinesis" or not parts[5].startswith("stream/"):
+        raise UserError(f"{arn!r} is not a Kinesis stream ARN")
+    return parts[3]
+
+
+def _stream_arn(name: str, region: str) -> str:
+    kinesis = boto3.client("kinesis", region_name=region)
+    try:
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+    except kinesis.exceptions.ResourceNotFoundException:
+        raise UserError(f"no Kinesis stream {name!r} in {region}") from None
+    except (ClientError, BotoCoreError) as error:
+        raise UserError(f"cannot look up Kinesis stream {name!r} in {region}: {error}") from None
+    return summary["StreamARN"]
+
+
+# run -----------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    properties: Path = args.properties
+    if not properties.is_file():
+        raise UserError(f"no properties file {properties} (write one: streams kcl properties)")
+    helper = _helper()
+    jar_folder: Path = args.jars or Path(helper.get_kcl_dir()) / "jars"
+    jars = kcl_jars(jar_folder)
+    extra = [str(jar) for jar in jars] if args.jars else []
+    java = args.java or shutil.which("java") or "java"
+    command = [
+        java,
+        "-cp",
+        helper.get_kcl_classpath(str(properties), extra),
+        MULTILANG_DAEMON,
+        "--properties-file",
+        str(properties),
+    ]
+    if args.log_configuration:
+        command += ["--log-configuration", str(args.log_configuration)]
+    if args.print:
+        print(shlex.join(command))
+        return 0
+    executable = shutil.which(java)
+    if executable is None:
+        raise UserError(
+            f"{java!r} not found: the MultiLangDaemon needs a Java runtime (pass --java PATH)"
+        )
+    os.execv(executable, command)
+
+
+def kcl_jars(folder: Path) -> list[Path]:
+    """The KCL jars in `folder`; a `UserError` if the daemon's jar is missing or one is no jar."""
+    jars = sorted(folder.glob("*.jar"))
+    if not any(jar.name.startswith(_MULTILANG_JAR_PREFIX) for jar in jars):
+        raise UserError(
+            f"the KCL jars are missing from {folder} (no {_MULTILANG_JAR_PREFIX}*.jar): "
+            + _HOW_TO_GET_JARS
+        )
+    for jar in jars:
+        try:
+            with zipfile.ZipFile(jar):
+                pass
+        except (zipfile.BadZipFile, OSError) as error:
+            raise UserError(
+                f"{jar} is not a jar (it does not open as a zip archive: {error}): "
+                + _HOW_TO_GET_JARS
+            ) from None
+    return jars
+
+
+def _helper() -> Any:
+    """amazon-kclpy's amazon_kclpy_helper (it builds the daemon's classpath)."""
+    try:
+        from samples import (  # type: ignore[import-untyped]
+            amazon_kclpy_helper,
+        )
+    except ImportError as error:
+        raise UserError(_NOT_INSTALLED.format(error=error)) from None
+    return amazon_kclpy_helper
