@@ -1,0 +1,230 @@
+"""`streams dlq`: list, show, redrive and purge parked records."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from streams.deadletter import SqsDeadLetterQueue
+from streams.dlq import (
+    DEFAULT_VISIBILITY_SECONDS,
+    DeadLetterQueueReader,
+    ParkedMessage,
+    redrive,
+    replay_order,
+)
+from streams.errors import UserError
+from streams.handlers import load_handler
+from streams.local import Endpoint, current_endpoint
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "dlq",
+        help="inspect, replay and purge parked records",
+        description="The dead-letter queue of parked records (DESIGN.md's version-1 messages). "
+        "The queue comes from --queue-url, DEAD_LETTER_QUEUE_URL, or the stack that "
+        "`streams local up` recorded. S3 overflow pointers are followed.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--queue-url", help="the dead-letter queue (default: see above)")
+
+    listing = commands.add_parser(
+        "list",
+        parents=[common],
+        help="a table of parked records",
+        description="A table of "
+        "parked records: when, reason, error type, shard, keys. Messages are released again.",
+    )
+    listing.add_argument("--reason", choices=["poison", "too-old", "hydrated"])
+    listing.add_argument("--error-type", help="only records that failed with this exception type")
+    listing.add_argument("--limit", type=int, help="read at most this many messages")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(func=_list)
+
+    show = commands.add_parser(
+        "show", parents=[common], help="one parked record in full (record and traceback)"
+    )
+    show.add_argument("message_id", metavar="ID", help="the message id `list` shows")
+    show.set_defaults(func=_show)
+
+    replay = commands.add_parser(
+        "redrive",
+        parents=[common],
+        help="replay parked records through a fixed handler",
+        description="Replays parked records through HANDLER (inside StreamProcessor), in their "
+        "original order per key; deletes each message only after its record succeeded. "
+        "Records that fail again stay parked with their new error; the exit code is then 1. "
+        "Safe to run twice or in parallel: messages in flight are invisible to other runs.",
+    )
+    replay.add_argument("--handler", required=True, help="MODULE:FUNCTION, the per-record handler")
+    replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    replay.add_argument("--limit", type=int, help="replay at most this many messages")
+    replay.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=DEFAULT_VISIBILITY_SECONDS,
+        help="seconds the messages stay invisible to others while this run works (default 900)",
+    )
+    replay.set_defaults(func=_redrive)
+
+    purge = commands.add_parser(
+        "purge", parents=[common], help="delete every parked record (asks first on AWS)"
+    )
+    purge.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    purge.set_defaults(func=_purge)
+
+
+def _clients(endpoint: Endpoint) -> tuple[SQSClient, S3Client]:
+    session = boto3.Session(region_name=endpoint.region)
+    return (
+        session.client("sqs", endpoint_url=endpoint.url),
+        session.client("s3", endpoint_url=endpoint.url),
+    )
+
+
+def _stack_output(endpoint: Endpoint, name: str) -> str | None:
+    if endpoint.stack_name is None:
+        return None
+    session = boto3.Session(region_name=endpoint.region)
+    cloudformation = session.client("cloudformation", endpoint_url=endpoint.url)
+    try:
+        stacks = cloudformation.describe_stacks(StackName=endpoint.stack_name)["Stacks"]
+    except ClientError:
+        return None
+    for output in stacks[0].get("Outputs", []) if stacks else []:
+        if output.get("OutputKey") == name:
+            return output.get("OutputValue")
+    return None
+
+
+def _queue(args: argparse.Namespace, endpoint: Endpoint) -> str:
+    url: str | None = (
+        args.queue_url
+        or os.environ.get("DEAD_LETTER_QUEUE_URL")
+        or _stack_output(endpoint, "DeadLetterQueueUrl")
+    )
+    if not url:
+        raise UserError(
+            "no dead-letter queue: pass --queue-url, set DEAD_LETTER_QUEUE_URL, or run "
+            "`streams local up` first"
+        )
+    return url
+
+
+def _reader(
+    args: argparse.Namespace, visibility: int = 30
+) -> tuple[DeadLetterQueueReader, Endpoint]:
+    endpoint = current_endpoint()
+    print(endpoint.describe(), file=sys.stderr)
+    sqs, s3 = _clients(endpoint)
+    url = _queue(args, endpoint)
+    print(f"dead-letter queue: {url}", file=sys.stderr)
+    return DeadLetterQueueReader(url, sqs=sqs, s3=s3, visibility_seconds=visibility), endpoint
+
+
+def _summary(message: ParkedMessage) -> dict[str, Any]:
+    body = message.body
+    return {
+        "id": message.message_id,
+        "failedAt": body.get("failedAt"),
+        "reason": message.reason,
+        "errorType": message.error_type,
+        "shardId": body.get("shardId"),
+        "sequenceNumber": body.get("sequenceNumber"),
+        "keys": message.keys(),
+    }
+
+
+def _list(args: argparse.Namespace) -> int:
+    reader, _ = _reader(args)
+    messages = reader.receive_all(args.limit)
+    reader.release(messages)
+    chosen = [
+        m
+        for m in sorted(messages, key=lambda m: str(m.body.get("failedAt")))
+        if (args.reason is None or m.reason == args.reason)
+        and (args.error_type is None or m.error_type == args.error_type)
+    ]
+    rows = [_summary(m) for m in chosen]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} parked records")
+    for column in ("failed at", "reason", "error type", "shard", "keys", "id"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["failedAt"]),
+            row["reason"],
+            row["errorType"],
+            str(row["shardId"] or "-"),
+            json.dumps(row["keys"], default=str),
+            row["id"],
+        )
+    Console().print(table)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    reader, _ = _reader(args)
+    messages = reader.receive_all()
+    reader.release(messages)
+    for message in messages:
+        if message.message_id == args.message_id:
+            print(json.dumps({"id": message.message_id, **message.body}, indent=2, default=str))
+            return 0
+    raise UserError(f"no parked record with id {args.message_id} (see `streams dlq list`)")
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    handler = load_handler(args.handler)
+    reader, _ = _reader(args, visibility=args.visibility_timeout)
+    if args.dry_run:
+        messages = reader.receive_all(args.limit)
+        reader.release(messages)
+        for group in replay_order(messages):
+            for message in group:
+                print(json.dumps(_summary(message), default=str))
+        print(f"dry run: {len(messages)} records would be replayed", file=sys.stderr)
+        return 0
+    queue = SqsDeadLetterQueue(reader.queue_url, sqs=reader.sqs, s3=reader.s3)
+    # The core's logs and metrics (EMF lines) are for a function's log; here they go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        report = redrive(reader, handler, dead_letters=queue, limit=args.limit)
+    print(
+        f"replayed {len(report.replayed)}, parked again {len(report.parked_again)}, "
+        f"left for later {len(report.left)}"
+    )
+    return 0 if report.ok else 1
+
+
+def _purge(args: argparse.Namespace) -> int:
+    reader, endpoint = _reader(args)
+    if not endpoint.is_local and not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError("refusing to purge a queue on AWS without --yes (no terminal to ask)")
+        answer = input(f"Delete every parked record in {reader.queue_url}? Type 'purge': ")
+        if answer.strip() != "purge":
+            print("nothing deleted")
+            return 1
+    reader.purge()
+    print(f"purged {reader.queue_url}")
+    return 0

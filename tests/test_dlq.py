@@ -1,0 +1,191 @@
+"""`streams dlq`: park with a failing handler, then read back and replay, on moto's SQS."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools import Logger
+
+from streams import Poison, SqsDeadLetterQueue, StreamProcessor
+from streams.cli import main
+from streams.dlq import DeadLetterQueueReader, redrive
+from tests import dlq_handlers
+from tests.factories import FakeClock, dynamodb_record
+
+
+def park(queue_url: str, records: list[dict[str, Any]]) -> None:
+    """Run records through a handler that fails on all of them: every one is parked."""
+
+    def broken(record: Any) -> None:
+        raise Poison("bug in the handler")
+
+    clock = FakeClock()
+    processor = StreamProcessor(
+        broken,
+        dead_letters=SqsDeadLetterQueue(queue_url),
+        clock=clock,
+        sleep=clock.sleep,
+        logger=Logger(service=f"test-{uuid.uuid4().hex}", stream=io.StringIO()),
+    )
+    assert processor.process({"Records": records}) == {"batchItemFailures": []}
+
+
+@pytest.fixture
+def queue(aws: boto3.Session, unique_name: str) -> str:
+    url: str = aws.client("sqs").create_queue(QueueName=unique_name)["QueueUrl"]
+    return url
+
+
+@pytest.fixture(autouse=True)
+def _fresh_handled() -> None:
+    dlq_handlers.HANDLED.clear()
+
+
+def depth(aws: boto3.Session, queue: str) -> int:
+    attributes = aws.client("sqs").get_queue_attributes(
+        QueueUrl=queue,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def test_redrive_replays_every_parked_record_and_empties_the_queue_then_does_nothing(
+    aws: boto3.Session, queue: str
+) -> None:
+    park(queue, [dynamodb_record(n, child=f"c-{n % 3}") for n in range(1, 13)])
+    assert depth(aws, queue) == 12
+
+    assert (
+        main(["dlq", "redrive", "--queue-url", queue, "--handler", "tests.dlq_handlers:fixed"]) == 0
+    )
+
+    assert sorted(seq for _, seq in dlq_handlers.HANDLED) == sorted(str(n) for n in range(1, 13))
+    assert depth(aws, queue) == 0
+    dlq_handlers.HANDLED.clear()
+    assert (
+        main(["dlq", "redrive", "--queue-url", queue, "--handler", "tests.dlq_handlers:fixed"]) == 0
+    )
+    assert dlq_handlers.HANDLED == []
+
+
+def test_redrive_keeps_each_keys_original_order(aws: boto3.Session, queue: str) -> None:
+    # Parked out of order (as separate batches would park them).
+    for sequence in (5, 3, 9, 4):
+        park(queue, [dynamodb_record(sequence, child="c-1")])
+    park(queue, [dynamodb_record(7, child="c-2"), dynamodb_record(6, child="c-2")])
+    reader = DeadLetterQueueReader(queue, sqs=aws.client("sqs"))
+    report = redrive(reader, dlq_handlers.fixed, dead_letters=SqsDeadLetterQueue(queue))
+    assert report.ok
+    per_key: dict[str, list[int]] = {}
+    for key, sequence in dlq_handlers.HANDLED:
+        per_key.setdefault(key, []).append(int(sequence))
+    assert per_key == {"c-1": [3, 4, 5, 9], "c-2": [6, 7]}
+
+
+def test_a_still_failing_handler_leaves_records_parked_with_their_new_error(
+    aws: boto3.Session, queue: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    park(queue, [dynamodb_record(1), dynamodb_record(2)])
+    code = main(
+        ["dlq", "redrive", "--queue-url", queue, "--handler", "tests.dlq_handlers:still_broken"]
+    )
+    assert code == 1
+    assert "parked again 2" in capsys.readouterr().out
+    assert depth(aws, queue) == 2
+    reader = DeadLetterQueueReader(queue, sqs=aws.client("sqs"))
+    messages = reader.receive_all()
+    assert {m.body["error"]["message"] for m in messages} == {"still broken after the fix"}
+
+
+def test_messages_in_flight_are_invisible_to_a_second_redrive(
+    aws: boto3.Session, queue: str
+) -> None:
+    park(queue, [dynamodb_record(n) for n in range(1, 4)])
+    first = DeadLetterQueueReader(queue, sqs=aws.client("sqs"))
+    second = DeadLetterQueueReader(queue, sqs=aws.client("sqs"))
+    in_flight = first.receive_all()
+    assert len(in_flight) == 3
+    assert second.receive_all() == []  # nothing to replay twice
+    first.release(in_flight)
+    assert len(second.receive_all()) == 3
+
+
+def test_dry_run_replays_nothing_and_keeps_the_queue(
+    aws: boto3.Session, queue: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    park(queue, [dynamodb_record(1), dynamodb_record(2)])
+    capsys.readouterr()  # the parking function's own metrics
+    code = main(
+        [
+            "dlq",
+            "redrive",
+            "--queue-url",
+            queue,
+            "--handler",
+            "tests.dlq_handlers:fixed",
+            "--dry-run",
+        ]
+    )
+    assert code == 0
+    assert dlq_handlers.HANDLED == []
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert len(DeadLetterQueueReader(queue, sqs=aws.client("sqs")).receive_all()) == 2
+
+
+def test_list_shows_when_reason_error_and_keys_and_filters(
+    queue: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    park(queue, [dynamodb_record(1, child="c-7"), dynamodb_record(2, child="c-8")])
+    capsys.readouterr()
+    assert main(["dlq", "list", "--queue-url", queue, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(row["keys"]["childId"] for row in rows) == ["c-7", "c-8"]
+    assert {(row["reason"], row["errorType"]) for row in rows} == {("poison", "Poison")}
+    assert all(row["failedAt"] and row["id"] for row in rows)
+
+    assert main(["dlq", "list", "--queue-url", queue, "--json", "--reason", "too-old"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["dlq", "list", "--queue-url", queue]) == 0
+    table = capsys.readouterr().out
+    assert "2 parked records" in table and "Poison" in table
+
+
+def test_show_prints_one_record_in_full(queue: str, capsys: pytest.CaptureFixture[str]) -> None:
+    record = dynamodb_record(1, child="c-7")
+    park(queue, [record])
+    capsys.readouterr()
+    main(["dlq", "list", "--queue-url", queue, "--json"])
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["dlq", "show", row["id"], "--queue-url", queue]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["record"] == record
+    assert "Traceback" in shown["error"]["traceback"]
+    assert main(["dlq", "show", "no-such-id", "--queue-url", queue]) == 2
+
+
+def test_purge_of_a_local_queue_needs_no_confirmation(aws: boto3.Session, queue: str) -> None:
+    park(queue, [dynamodb_record(1)])
+    assert main(["dlq", "purge", "--queue-url", queue]) == 0
+    assert depth(aws, queue) == 0
+
+
+def test_user_errors_are_one_line_and_non_zero(
+    queue: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["dlq", "redrive", "--queue-url", queue, "--handler", "nope"]) == 2
+    assert "MODULE:FUNCTION" in capsys.readouterr().err
+    assert main(["dlq", "redrive", "--queue-url", queue, "--handler", "no_such_module:f"]) == 2
+    assert "cannot import" in capsys.readouterr().err
+    monkeypatch.delenv("DEAD_LETTER_QUEUE_URL", raising=False)
+    assert main(["dlq", "list"]) == 2
+    assert "no dead-letter queue" in capsys.readouterr().err
+    missing = queue + "-missing"
+    assert main(["dlq", "list", "--queue-url", missing]) == 2
+    assert "no such queue" in capsys.readouterr().err
