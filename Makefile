@@ -37,6 +37,7 @@ test: $(STAMP)
 	$(BIN)/ruff check streams processor tests bench
 	$(BIN)/ruff format --check streams processor tests bench
 	$(BIN)/mypy
+	$(BIN)/streams check --template template.yaml
 	$(BIN)/python -m pytest
 
 clean:

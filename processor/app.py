@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from typing import Any
 
 from processor.naughty_nice import DeliveryProjection
@@ -14,14 +13,10 @@ if not _table:
     raise RuntimeError("DELIVERY_TABLE_NAME is not set: the function needs its delivery table")
 
 # Created once per warm process: the boto3 clients and halt_after's counter live across invocations.
-processor = StreamProcessor(
-    DeliveryProjection(_table),
-    # Kept below the mapping's MaximumRecordAgeInSeconds (template.yaml), so a record that keeps
-    # failing is parked in full before Lambda drops it with metadata only.
-    max_record_age=timedelta(
-        seconds=int(os.environ.get("STREAMS_MAX_RECORD_AGE_SECONDS", "21600"))
-    ),
-)
+# Its age limit comes from STREAMS_MAX_RECORD_AGE_SECONDS (template.yaml), kept below the
+# mapping's MaximumRecordAgeInSeconds so that a record that keeps failing is parked in full
+# before Lambda drops it with metadata only.
+processor = StreamProcessor(DeliveryProjection(_table))
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[dict[str, str]]]:

@@ -56,6 +56,28 @@ __all__ = [
 ]
 
 StopCause = Literal["transient", "time", "dead-letter"]
+#: The age past which a record that keeps failing transiently is parked (`too-old`), unless
+#: `max_record_age` is given or the function's environment sets MAX_RECORD_AGE_VARIABLE.
+DEFAULT_MAX_RECORD_AGE = timedelta(hours=6)
+MAX_RECORD_AGE_VARIABLE = "STREAMS_MAX_RECORD_AGE_SECONDS"
+
+
+class _FromEnvironment:
+    """`max_record_age`'s default: MAX_RECORD_AGE_VARIABLE, else DEFAULT_MAX_RECORD_AGE."""
+
+    def resolve(self) -> timedelta:
+        value = os.environ.get(MAX_RECORD_AGE_VARIABLE)
+        if not value:
+            return DEFAULT_MAX_RECORD_AGE
+        try:
+            return timedelta(seconds=float(value))
+        except ValueError:
+            raise ValueError(
+                f"{MAX_RECORD_AGE_VARIABLE}={value!r} is not a number of seconds"
+            ) from None
+
+
+FROM_ENVIRONMENT = _FromEnvironment()
 Handler = Callable[[Any], object]
 
 
@@ -239,7 +261,7 @@ class StreamProcessor:
         dead_letters: DeadLetterSink | None = None,
         transient: Sequence[type[BaseException]] = (),
         retry: RetryPolicy | None = None,
-        max_record_age: timedelta | None = timedelta(hours=6),
+        max_record_age: timedelta | _FromEnvironment | None = FROM_ENVIRONMENT,
         time_margin: float = 5.0,
         halt_after: int | None = None,
         logger: Logger | None = None,
@@ -256,7 +278,11 @@ class StreamProcessor:
         )
         self.is_transient = TransientErrors(transient)
         self.retry = retry if retry is not None else RetryPolicy()
-        self.max_record_age = max_record_age
+        self.max_record_age = (
+            max_record_age.resolve()
+            if isinstance(max_record_age, _FromEnvironment)
+            else max_record_age
+        )
         self.time_margin = time_margin
         self._halt = _HaltCounter(halt_after)
         service = os.environ.get("POWERTOOLS_SERVICE_NAME", "streams")

@@ -14,10 +14,16 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def _registrations() -> list[Register]:
-    from streams import dlq_command, kcl_command, local_command
+    from streams import check, dlq_command, kcl_command, local_command
     from streams.write_command import register as register_write
 
-    return [local_command.register, kcl_command.register, dlq_command.register, register_write]
+    return [
+        local_command.register,
+        check.register,
+        register_write,
+        dlq_command.register,
+        kcl_command.register,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

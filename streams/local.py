@@ -869,6 +869,32 @@ def _read_functions(
     return functions, notes
 
 
+def translate_template(
+    template_path: str | Path,
+    *,
+    parameter_overrides: Mapping[str, str] | None = None,
+    region: str | None = None,
+) -> dict[str, Any]:
+    """The template as the SAM translator expands it (Globals applied, events as mappings).
+
+    Function code locations are marked so that `function_code_uri` finds them.
+    """
+    path = Path(template_path).resolve()
+    template = _load_template(path)
+    overrides = _checked_overrides(template, parameter_overrides or {}, path)
+    return _translate(template, overrides, _region(region), path)
+
+
+def function_code_uri(function: Mapping[str, Any], template_path: str | Path) -> Path | None:
+    """A translated function's local code directory (its CodeUri, relative to the template)."""
+    return _code_uri(function, Path(template_path).resolve().parent)
+
+
+def mapping_function(mapping: Mapping[str, Any], functions: Mapping[str, Any]) -> str | None:
+    """The logical id of the function a translated mapping's FunctionName names, if one."""
+    return _function_of(mapping, functions)
+
+
 def deploy_template(
     template_path: str | Path,
     *,

@@ -281,6 +281,20 @@ def test_a_record_failing_transiently_past_the_age_limit_is_parked_as_too_old() 
     assert [(p.reason, p.attempts) for p in sink.kept] == [("too-old", 4)]
 
 
+def test_the_age_limit_comes_from_the_environment_unless_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMS_MAX_RECORD_AGE_SECONDS", "120")
+    assert make(ScriptedHandler())[0].max_record_age == timedelta(seconds=120)
+    given = make(ScriptedHandler(), max_record_age=timedelta(hours=1))[0]
+    assert given.max_record_age == timedelta(hours=1)
+    monkeypatch.delenv("STREAMS_MAX_RECORD_AGE_SECONDS")
+    assert make(ScriptedHandler())[0].max_record_age == timedelta(hours=6)
+    monkeypatch.setenv("STREAMS_MAX_RECORD_AGE_SECONDS", "six hours")
+    with pytest.raises(ValueError, match="not a number of seconds"):
+        make(ScriptedHandler())
+
+
 def test_a_young_record_failing_transiently_is_not_parked() -> None:
     handler = ScriptedHandler({"1": _raise(Transient("busy"))})
     processor, sink, _ = make(handler, max_record_age=timedelta(hours=6))
