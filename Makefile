@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 # sam's usage reporting: off for tests and builds (no network but the package registries).
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test clean build-ProcessorFunction
+.PHONY: test clean build-ProcessorFunction build-HydrateFunction
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,13 +43,15 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
 
-# Called by `sam build` (template.yaml: BuildMethod makefile) with ARTIFACTS_DIR set. The artifact
-# holds our two packages and processor/requirements.txt, built for the function's runtime; boto3
-# is the runtime's own.
+# Called by `sam build` (template.yaml: BuildMethod makefile) with ARTIFACTS_DIR set, once per
+# function. The artifact holds our two packages (less the local mapping, which runs functions
+# and never runs inside one) and processor/requirements.txt, built for the function's runtime;
+# boto3 is the runtime's own.
 LAMBDA_PYTHON_VERSION := 3.12
-build-ProcessorFunction:
+build-ProcessorFunction build-HydrateFunction:
 	mkdir -p "$(ARTIFACTS_DIR)"
-	tar --exclude=__pycache__ -cf - streams processor | tar -xf - -C "$(ARTIFACTS_DIR)"
+	tar --exclude=__pycache__ --exclude=streams/mapping -cf - streams processor \
+		| tar -xf - -C "$(ARTIFACTS_DIR)"
 	$(PYTHON) -m pip install --quiet --no-compile --disable-pip-version-check \
 		--target "$(ARTIFACTS_DIR)" --implementation cp --python-version $(LAMBDA_PYTHON_VERSION) \
 		--only-binary=:all: --platform manylinux2014_aarch64 -r processor/requirements.txt

@@ -90,6 +90,8 @@ class DeadLetter:
     attempts: int
     failed_at: datetime
     function: FunctionInfo
+    #: The shard, where the driver knows it and the record does not say (DynamoDB on Lambda).
+    shard_id: str | None = None
 
 
 def _iso(moment: datetime | None, *, millis: bool) -> str | None:
@@ -111,7 +113,7 @@ def dead_letter_message(letter: DeadLetter) -> dict[str, Any]:
         "reason": letter.reason,
         "source": record.source,
         "eventSourceARN": record.event_source_arn,
-        "shardId": record.shard_id,
+        "shardId": letter.shard_id or record.shard_id,
         "sequenceNumber": record.sequence_number,
         "subSequenceNumber": record.sub_sequence_number,
         "eventID": record.event_id,

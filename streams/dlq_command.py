@@ -22,6 +22,7 @@ from streams.dlq import (
 )
 from streams.errors import UserError
 from streams.handlers import load_handler
+from streams.hydrate import Hydrator, OnFailureQueue
 from streams.local import Endpoint, current_endpoint
 
 if TYPE_CHECKING:
@@ -80,6 +81,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="seconds the messages stay invisible to others while this run works (default 900)",
     )
     replay.set_defaults(func=_redrive)
+
+    hydrate = commands.add_parser(
+        "hydrate",
+        parents=[common],
+        help="turn on-failure metadata records back into full parked records",
+        description="Reads the event source mapping's on-failure records (metadata only), "
+        "fetches the records they point to from the stream while it still has them, and "
+        "parks them with reason `hydrated`. An on-failure record is deleted only once its "
+        "records are parked. Records the stream no longer has are reported (exit code 1).",
+    )
+    hydrate.add_argument(
+        "--from-queue", help="the on-failure queue (default: the stack's OnFailureQueueUrl)"
+    )
+    hydrate.set_defaults(func=_hydrate)
 
     purge = commands.add_parser(
         "purge", parents=[common], help="delete every parked record (asks first on AWS)"
@@ -214,6 +229,43 @@ def _redrive(args: argparse.Namespace) -> int:
         f"left for later {len(report.left)}"
     )
     return 0 if report.ok else 1
+
+
+def _hydrate(args: argparse.Namespace) -> int:
+    reader, endpoint = _reader(args)
+    source_url = args.from_queue or _stack_output(endpoint, "OnFailureQueueUrl")
+    if not source_url:
+        raise UserError("no on-failure queue: pass --from-queue URL (or run `streams local up`)")
+    print(f"on-failure queue: {source_url}", file=sys.stderr)
+    session = boto3.Session(region_name=endpoint.region)
+    hydrator = Hydrator(
+        SqsDeadLetterQueue(reader.queue_url, sqs=reader.sqs, s3=reader.s3),
+        dynamodbstreams=session.client("dynamodbstreams", endpoint_url=endpoint.url),
+        kinesis=session.client("kinesis", endpoint_url=endpoint.url),
+    )
+    failures = OnFailureQueue(source_url, sqs=reader.sqs)
+    totals = {"batches": 0, "parked": 0, "expired": 0, "kept": 0}
+    for message, batch in failures.receive_all():
+        outcome = hydrator.hydrate(batch)
+        totals["batches"] += 1
+        totals["parked"] += outcome.parked
+        totals["expired"] += outcome.expired
+        if outcome.expired:
+            print(
+                f"{outcome.expired} of {batch.batch_size} records of shard {batch.shard_id} "
+                f"({batch.start_sequence_number}..{batch.end_sequence_number}) have left the "
+                "stream: they cannot be recovered",
+                file=sys.stderr,
+            )
+        if outcome.complete:
+            failures.delete(message)
+        else:
+            totals["kept"] += 1  # it comes back after its visibility timeout
+    print(
+        f"hydrated {totals['parked']} records from {totals['batches']} on-failure records; "
+        f"expired {totals['expired']}; on-failure records kept for a retry {totals['kept']}"
+    )
+    return 0 if totals["expired"] == 0 and totals["kept"] == 0 else 1
 
 
 def _purge(args: argparse.Namespace) -> int:

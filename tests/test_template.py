@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,15 @@ def test_the_mapping_gives_up_after_the_core_parks_and_before_the_stream_drops()
     assert settings["StartingPosition"] == "TRIM_HORIZON"
 
 
+def test_the_dashboard_body_is_json_once_substituted() -> None:
+    body = _template()["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Sub"]
+    substituted = re.sub(r"\$\{[^}]+\}", "x", body)
+    widgets = json.loads(substituted)["widgets"]
+    titles = " ".join(w["properties"]["title"] for w in widgets)
+    for shown in ("Iterator age", "events", "parked", "Queues"):
+        assert shown in titles
+
+
 def _python312() -> str:
     candidates = [
         shutil.which("python3.12"),
@@ -125,6 +135,7 @@ def test_sam_build_makes_a_small_artifact_without_boto3(artifact: Path) -> None:
     names = {path.name for path in artifact.iterdir()}
     assert {"streams", "processor", "aws_lambda_powertools"} <= names
     assert "boto3" not in names and "botocore" not in names  # the runtime's own
+    assert not (artifact / "streams" / "mapping").exists()  # runs functions, never inside one
     size = sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
     assert size < 10 * 1024 * 1024
 
@@ -197,3 +208,80 @@ def test_the_built_artifact_handles_a_sample_event_in_a_clean_interpreter(
     assert result.stdout.strip().splitlines()[-1] == '{"batchItemFailures": []}'
     item = dynamodb.get_item(TableName=unique_name, Key={"childId": {"S": "c-1"}})["Item"]
     assert item["sequenceNumber"] == {"S": "111".zfill(40)}
+
+
+def test_the_built_hydrate_function_parks_what_an_on_failure_record_points_to(
+    artifact: Path, lambda_runtime: Path, aws: boto3.Session, unique_name: str
+) -> None:
+    dynamodb, sqs = aws.client("dynamodb"), aws.client("sqs")
+    table = dynamodb.create_table(
+        TableName=unique_name,
+        KeySchema=[{"AttributeName": "childId", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "childId", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )["TableDescription"]
+    dynamodb.put_item(TableName=unique_name, Item={"childId": {"S": "c-1"}, "status": {"S": "?"}})
+    stream_arn = table["LatestStreamArn"]
+    streams_client = aws.client("dynamodbstreams")
+    shard = streams_client.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]
+    iterator = streams_client.get_shard_iterator(
+        StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    (change,) = streams_client.get_records(ShardIterator=iterator)["Records"]
+    sequence = change["dynamodb"]["SequenceNumber"]
+    queue = sqs.create_queue(QueueName=unique_name)["QueueUrl"]
+    on_failure = {
+        "requestContext": {
+            "requestId": "r-1",
+            "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:processor",
+            "condition": "RetryAttemptsExhausted",
+            "approximateInvokeCount": 3,
+        },
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": None},
+        "version": "1.0",
+        "timestamp": "2026-11-22T00:00:00.000Z",
+        "DDBStreamBatchInfo": {
+            "shardId": shard["ShardId"],
+            "startSequenceNumber": sequence,
+            "endSequenceNumber": sequence,
+            "approximateArrivalOfFirstRecord": "2026-11-22T00:00:00Z",
+            "approximateArrivalOfLastRecord": "2026-11-22T00:00:00Z",
+            "batchSize": 1,
+            "streamArn": stream_arn,
+        },
+    }
+    event = {"Records": [{"messageId": "m-1", "body": json.dumps(on_failure)}]}
+    hydrate = artifact.parent / "HydrateFunction"
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(hydrate)!r})
+        import processor.hydrate
+        print(json.dumps(processor.hydrate.lambda_handler(json.loads(sys.argv[1]), None)))
+        """
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"],
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "DEAD_LETTER_QUEUE_URL": queue,
+    }
+    result = subprocess.run(
+        [lambda_runtime, "-I", "-c", script, json.dumps(event)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        cwd=artifact.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == '{"batchItemFailures": []}'
+    (message,) = sqs.receive_message(QueueUrl=queue)["Messages"]
+    parked = json.loads(message["Body"])
+    assert parked["reason"] == "hydrated"
+    assert parked["record"]["dynamodb"]["SequenceNumber"] == sequence
+    assert parked["record"]["eventVersion"] == "1.1"
