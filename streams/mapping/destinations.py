@@ -1,0 +1,204 @@
+"""On-failure destinations: the metadata record Lambda writes when it gives up (section 4).
+
+`on_failure_record` builds the record with exactly the keys, order and formats recorded from
+AWS (`requestContext`, `responseContext` — absent for `RecordAgeExceeded`, `functionError` null
+for a partial batch failure —, `version`, `timestamp`, `DDBStreamBatchInfo` /
+`KinesisBatchInfo`). The destinations send it as AWS does: an SQS message body, an SNS
+message, or, for S3, a JSON object that also carries the records as `payload`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+
+import boto3
+
+from streams.mapping.shapes import RecordShape, iso_millis
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+
+__all__ = [
+    "Destination",
+    "FailureCondition",
+    "OnFailureRecord",
+    "ResponseContext",
+    "S3Destination",
+    "SnsDestination",
+    "SqsDestination",
+    "on_failure_record",
+    "open_destination",
+]
+
+FailureCondition = Literal["RetryAttemptsExhausted", "RecordAgeExceeded"]
+
+
+@dataclass(frozen=True)
+class ResponseContext:
+    """The last invocation's response; `function_error` is None for a partial batch failure."""
+
+    function_error: str | None
+    executed_version: str = "$LATEST"
+    status_code: int = 200
+
+
+@dataclass(frozen=True)
+class OnFailureRecord:
+    """One record for the on-failure destination.
+
+    `body` is what SQS and SNS receive; `payload` is the event of the records given up on,
+    which only an S3 destination stores.
+    """
+
+    body: dict[str, Any]
+    shard_id: str
+    payload: dict[str, Any]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.payload["Records"])
+
+
+def on_failure_record(
+    shape: RecordShape,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    shard_id: str,
+    stream_arn: str,
+    function_arn: str,
+    request_id: str,
+    condition: FailureCondition,
+    approximate_invoke_count: int,
+    response: ResponseContext | None,
+    now: float,
+) -> OnFailureRecord:
+    """The record Lambda writes for `records` (in order) of one shard when it gives up on them."""
+    if not records:
+        raise ValueError("an on-failure record describes at least one record")
+    body: dict[str, Any] = {
+        "requestContext": {
+            "requestId": request_id,
+            "functionArn": function_arn,
+            "condition": condition,
+            "approximateInvokeCount": approximate_invoke_count,
+        }
+    }
+    if response is not None:
+        body["responseContext"] = {
+            "statusCode": response.status_code,
+            "executedVersion": response.executed_version,
+            "functionError": response.function_error,
+        }
+    body["version"] = "1.0"
+    body["timestamp"] = iso_millis(now)
+    body[shape.batch_info_key] = {
+        "shardId": shard_id,
+        "startSequenceNumber": shape.sequence_number(records[0]),
+        "endSequenceNumber": shape.sequence_number(records[-1]),
+        "approximateArrivalOfFirstRecord": shape.arrival_text(shape.arrival_time(records[0])),
+        "approximateArrivalOfLastRecord": shape.arrival_text(shape.arrival_time(records[-1])),
+        "batchSize": len(records),
+        "streamArn": stream_arn,
+    }
+    return OnFailureRecord(body=body, shard_id=shard_id, payload={"Records": list(records)})
+
+
+class Destination(Protocol):
+    """Sends one on-failure record; raises when the destination did not take it."""
+
+    arn: str
+
+    def send(self, record: OnFailureRecord) -> None: ...
+
+
+def _arn_parts(arn: str) -> list[str]:
+    parts = arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn":
+        raise ValueError(f"not an ARN: {arn!r}")
+    return parts
+
+
+class SqsDestination:
+    """An SQS queue: the record is the message body."""
+
+    def __init__(self, arn: str, client: SQSClient) -> None:
+        _, _, _, _, account, name = _arn_parts(arn)
+        self.arn = arn
+        self._client = client
+        self._account = account
+        self._name = name
+        self._queue_url: str | None = None
+
+    def send(self, record: OnFailureRecord) -> None:
+        if self._queue_url is None:
+            # Looked up on first use: a queue created after the mapping started still works.
+            self._queue_url = self._client.get_queue_url(
+                QueueName=self._name, QueueOwnerAWSAccountId=self._account
+            )["QueueUrl"]
+        self._client.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(record.body))
+
+
+class _SnsPublisher(Protocol):
+    def publish(self, *, TopicArn: str, Message: str) -> object: ...
+
+
+class SnsDestination:
+    """An SNS topic: the record is the notification's message."""
+
+    def __init__(self, arn: str, client: _SnsPublisher) -> None:
+        self.arn = arn
+        self._client = client
+
+    def send(self, record: OnFailureRecord) -> None:
+        self._client.publish(TopicArn=self.arn, Message=json.dumps(record.body))
+
+
+class S3Destination:
+    """An S3 bucket: one object per record, with the records themselves under `payload`.
+
+    The object key is AWS's:
+    `aws/lambda/<mapping UUID>/<shard id>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<random UUID>`.
+    """
+
+    def __init__(self, arn: str, client: S3Client, *, mapping_id: str) -> None:
+        self.arn = arn
+        self._bucket = _arn_parts(arn)[5]
+        self._client = client
+        self._mapping_id = mapping_id
+
+    def object_key(self, record: OnFailureRecord) -> str:
+        written = datetime.strptime(record.body["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=UTC
+        )
+        return (
+            f"aws/lambda/{self._mapping_id}/{record.shard_id}/{written:%Y/%m/%d}/"
+            f"{written:%Y-%m-%dT%H.%M.%S}-{uuid.uuid4()}"
+        )
+
+    def send(self, record: OnFailureRecord) -> None:
+        body = {**record.body, "payload": record.payload}
+        self._client.put_object(
+            Bucket=self._bucket,
+            Key=self.object_key(record),
+            Body=json.dumps(body).encode(),
+            ContentType="application/json",
+        )
+
+
+def open_destination(arn: str, session: boto3.Session, *, mapping_id: str) -> Destination:
+    """The destination an `OnFailure.Destination` ARN names, with a client in its region."""
+    service, region = _arn_parts(arn)[2:4]
+    if service == "sqs":
+        return SqsDestination(arn, session.client("sqs", region_name=region))
+    if service == "sns":
+        # boto3-stubs here has no SNS types; the publisher protocol states the call we make.
+        return SnsDestination(arn, cast(_SnsPublisher, session.client("sns", region_name=region)))
+    if service == "s3":
+        return S3Destination(arn, session.client("s3"), mapping_id=mapping_id)
+    raise ValueError(f"not an SQS, SNS or S3 ARN: {arn!r}")
