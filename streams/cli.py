@@ -15,6 +15,7 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 def _registrations() -> list[Register]:
     from streams import check, dlq_command, kcl_command, local_command
+    from streams.monitor_command import register as register_monitor
     from streams.write_command import register as register_write
 
     return [
@@ -23,6 +24,7 @@ def _registrations() -> list[Register]:
         register_write,
         dlq_command.register,
         kcl_command.register,
+        register_monitor,
     ]
 
 
