@@ -3,13 +3,22 @@
 from streams.batch import BatchResult, Halted, Poison, RetryPolicy, StreamProcessor, Transient
 from streams.deadletter import DeadLetter, SqsDeadLetterQueue, read_dead_letter
 from streams.records import DynamoDBRecord, Image, KinesisRecord, RecordDecodeError, StreamRecord
+from streams.writer import (
+    FailedWrite,
+    InvalidItemError,
+    TableWriteError,
+    TableWriter,
+    WriteReport,
+)
 
 __all__ = [
     "BatchResult",
     "DeadLetter",
     "DynamoDBRecord",
+    "FailedWrite",
     "Halted",
     "Image",
+    "InvalidItemError",
     "KinesisRecord",
     "Poison",
     "RecordDecodeError",
@@ -17,6 +26,9 @@ __all__ = [
     "SqsDeadLetterQueue",
     "StreamProcessor",
     "StreamRecord",
+    "TableWriteError",
+    "TableWriter",
     "Transient",
+    "WriteReport",
     "read_dead_letter",
 ]
