@@ -9,9 +9,9 @@ whole item of the source table, whose partition key is `childId` (a string)::
 A child gets several updates, in order: its `version` counts them (1, 2, ...), so after the last
 update is written the table holds each child at its highest version. Children move house: the
 street number changes with every update, so each update of a child reads differently in the
-delivery table, which is how the demo tells the newest one from older ones. A `poison_rate` fraction of
-the updates are malformed the way the processor parks as poison: a `status` that is neither
-"nice" nor "naughty", or no `address` at all.
+delivery table, which is how the demo tells the newest one from older ones. A `poison_rate`
+fraction of the updates are malformed the way the processor parks as poison: a `status` that is
+neither "nice" nor "naughty", or no `address` at all.
 """
 
 from __future__ import annotations
