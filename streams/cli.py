@@ -14,17 +14,27 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def _registrations() -> list[Register]:
-    from streams import check, dlq_command, kcl_command, local_command
-    from streams.monitor_command import register as register_monitor
-    from streams.write_command import register as register_write
+    from streams import (
+        check,
+        demo_command,
+        dlq_command,
+        kcl_command,
+        local_command,
+        monitor_command,
+        run_command,
+        write_command,
+    )
 
+    # In the order of DESIGN.md's "user's day".
     return [
+        demo_command.register,
         local_command.register,
-        check.register,
-        register_write,
+        run_command.register,
+        write_command.register,
+        monitor_command.register,
         dlq_command.register,
+        check.register,
         kcl_command.register,
-        register_monitor,
     ]
 
 

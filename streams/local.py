@@ -21,8 +21,12 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -128,6 +132,10 @@ class EmbeddedEndpoint:
         self._server.server_close()
         self._thread.join()
 
+    def wait(self) -> None:
+        """Block until `stop()` (from another thread or a signal handler)."""
+        self._thread.join()
+
     def __enter__(self) -> EmbeddedEndpoint:
         return self
 
@@ -179,6 +187,65 @@ def start_endpoint(port: int = 0) -> EmbeddedEndpoint:
     finally:
         listener.close()  # the server holds its own duplicate of the socket
     return EmbeddedEndpoint(server)
+
+
+def serve_endpoint(port: int) -> None:
+    """Serve `start_endpoint(port)` in this process until it is terminated (EndpointProcess)."""
+    endpoint = start_endpoint(port)
+    signal.signal(signal.SIGTERM, lambda signum, frame: endpoint.stop())
+    endpoint.wait()
+
+
+class EndpointProcess:
+    """moto's server in a child process on 127.0.0.1 until `stop()`.
+
+    For work that keeps this process busy (the demo runs the mapping, the writer and the
+    monitor here): moto then gets a core of its own instead of sharing this interpreter.
+    """
+
+    def __init__(self, port: int = 0, *, start_timeout: float = 60.0) -> None:
+        if port == 0:
+            with socket.socket() as probe:  # a free port; moto binds it a moment later
+                probe.bind((LOOPBACK, 0))
+                port = int(probe.getsockname()[1])
+        self.url = f"http://{LOOPBACK}:{port}"
+        serve = f"import streams.local as local; local.serve_endpoint({port})"
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", serve], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        give_up = time.monotonic() + start_timeout
+        while not self._answers(port):
+            if self._process.poll() is not None or time.monotonic() > give_up:
+                self.stop()
+                raise UserError(
+                    f"moto's server did not start on {LOOPBACK}:{port} (is the port taken? "
+                    "choose another --port, 0 picks a free one)"
+                )
+            time.sleep(0.1)
+
+    @staticmethod
+    def _answers(port: int) -> bool:
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+        self._process.wait()
+
+    def __enter__(self) -> EndpointProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def _region(region: str | None) -> str:

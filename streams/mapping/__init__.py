@@ -11,7 +11,7 @@ The seams: a `ShardSource` (`streams.sources`), an `Invoker` (the function), a
 
 from __future__ import annotations
 
-from streams.mapping.delivery import RetryBackoff
+from streams.mapping.delivery import Invocation, RetryBackoff
 from streams.mapping.destinations import (
     Destination,
     OnFailureRecord,
@@ -46,6 +46,7 @@ __all__ = [
     "FilterPattern",
     "FunctionError",
     "InProcessInvoker",
+    "Invocation",
     "InvokeResult",
     "Invoker",
     "LambdaContext",

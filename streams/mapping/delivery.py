@@ -57,7 +57,7 @@ from streams.mapping.shapes import RecordShape
 from streams.mapping.state import EVENT_COUNT_METRICS, MetricName, MetricsSink
 from streams.mapping.windows import Window
 
-__all__ = ["Entry", "MappingContext", "RetryBackoff", "ShardDelivery"]
+__all__ = ["Entry", "Invocation", "MappingContext", "RetryBackoff", "ShardDelivery"]
 
 logger = logging.getLogger("streams.mapping")
 
@@ -108,6 +108,19 @@ class RetryBackoff:
 
 
 @dataclass(frozen=True)
+class Invocation:
+    """One invocation as the mapping saw it, for an observer (the per-invocation log line's
+    facts): `outcome` is worded as in that line, `duration` is in seconds on the mapping's clock."""
+
+    shard_id: str
+    records: int
+    outcome: str
+    succeeded: bool
+    duration: float
+    result: InvokeResult
+
+
+@dataclass(frozen=True)
 class MappingContext:
     """What every shard of one mapping shares. `pause(seconds)` returns False if stopped."""
 
@@ -124,6 +137,7 @@ class MappingContext:
     stopping: Callable[[], bool]
     retention_seconds: float
     backoff: RetryBackoff
+    on_invocation: Callable[[Invocation], None] | None = None
 
     def emit(self, shard_id: str, name: MetricName, value: float) -> None:
         if self.metrics is None:
@@ -189,7 +203,7 @@ class ShardDelivery:
                 report_batch_item_failures=self._settings.report_batch_item_failures,
                 tumbling_window=window is not None,
             )
-            self._log(len(fresh), outcome.description, sent, result.request_id)
+            self._log(len(fresh), outcome.description, outcome.succeeded, sent, result)
             if window is not None and outcome.state is not None:
                 window.state = outcome.state
             if outcome.succeeded:
@@ -223,16 +237,23 @@ class ShardDelivery:
         context.emit(self._shard_id, "InvokedEventCount", len(records))
         return context.invoker(event, context.function_timeout)
 
-    def _log(self, count: int, outcome: str, sent: float, request_id: str) -> None:
-        """The one line per invocation: shard, batch size, outcome, duration."""
+    def _log(
+        self, count: int, outcome: str, succeeded: bool, sent: float, result: InvokeResult
+    ) -> None:
+        """The one line per invocation: shard, batch size, outcome, duration; then the observer."""
+        duration = self._context.clock() - sent
         logger.info(
             "shard %s: %d records: %s (%.0f ms, request %s)",
             self._shard_id,
             count,
             outcome,
-            (self._context.clock() - sent) * 1000,
-            request_id,
+            duration * 1000,
+            result.request_id,
         )
+        if self._context.on_invocation is not None:
+            self._context.on_invocation(
+                Invocation(self._shard_id, count, outcome, succeeded, duration, result)
+            )
 
     # --- failures ------------------------------------------------------------------------
 
@@ -410,7 +431,7 @@ class ShardDelivery:
                 described = "final window invocation"
                 if result.error is not None:
                     described += f" failed: function error {result.error.error_type}"
-                self._log(0, described, sent, result.request_id)
+                self._log(0, described, result.error is None, sent, result)
                 if result.error is None:
                     return True
             if not self._context.pause(self._context.backoff.delay(attempt)):

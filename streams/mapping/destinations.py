@@ -191,14 +191,21 @@ class S3Destination:
         )
 
 
-def open_destination(arn: str, session: boto3.Session, *, mapping_id: str) -> Destination:
-    """The destination an `OnFailure.Destination` ARN names, with a client in its region."""
+def open_destination(
+    arn: str, session: boto3.Session, *, mapping_id: str, endpoint_url: str | None = None
+) -> Destination:
+    """The destination an `OnFailure.Destination` ARN names, with a client in its region (on
+    `endpoint_url` when given: a local endpoint)."""
     service, region = _arn_parts(arn)[2:4]
     if service == "sqs":
-        return SqsDestination(arn, session.client("sqs", region_name=region))
+        return SqsDestination(
+            arn, session.client("sqs", region_name=region, endpoint_url=endpoint_url)
+        )
     if service == "sns":
         # boto3-stubs here has no SNS types; the publisher protocol states the call we make.
-        return SnsDestination(arn, cast(_SnsPublisher, session.client("sns", region_name=region)))
+        sns = session.client("sns", region_name=region, endpoint_url=endpoint_url)
+        return SnsDestination(arn, cast(_SnsPublisher, sns))
     if service == "s3":
-        return S3Destination(arn, session.client("s3"), mapping_id=mapping_id)
+        s3 = session.client("s3", endpoint_url=endpoint_url)
+        return S3Destination(arn, s3, mapping_id=mapping_id)
     raise ValueError(f"not an SQS, SNS or S3 ARN: {arn!r}")

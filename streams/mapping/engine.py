@@ -30,7 +30,7 @@ from typing import Final
 
 import boto3
 
-from streams.mapping.delivery import MappingContext, RetryBackoff
+from streams.mapping.delivery import Invocation, MappingContext, RetryBackoff
 from streams.mapping.destinations import Destination, open_destination
 from streams.mapping.filters import RecordFilter
 from streams.mapping.invoke import Invoker
@@ -57,13 +57,16 @@ class EventSourceMapping:
     - `function_arn` names the function in on-failure records (`requestContext.functionArn`).
     - `checkpoints` keeps each shard's position (default: in memory, lost at exit).
     - `metrics` receives per-shard iterator age and, with `MetricsConfig`, the event counts.
-    - `session` makes the on-failure destination's client (default: a new boto3 session).
+    - `session` makes the on-failure destination's client (default: a new boto3 session), on
+      `endpoint_url` when given (a local endpoint).
     - `function_timeout` is the function's `Timeout`, passed to the invoker as its deadline.
     - `clock` (epoch seconds) and `sleep` are injectable: every wait of the mapping sleeps
       through `sleep`, and record ages, batching and tumbling windows follow `clock`.
     - `retention_seconds`: how long records stay in the stream (`MaximumRecordAgeInSeconds: -1`
       retries until then).
     - `mapping_id` names the mapping in S3 on-failure object keys (AWS: the mapping's UUID).
+    - `on_invocation` is called after each invocation (from the shard's thread) with what the
+      per-invocation log line says: for metrics and progress beyond the `MetricsSink`.
     """
 
     def __init__(
@@ -83,6 +86,8 @@ class EventSourceMapping:
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
         backoff: RetryBackoff | None = None,
         mapping_id: str | None = None,
+        endpoint_url: str | None = None,
+        on_invocation: Callable[[Invocation], None] | None = None,
     ) -> None:
         if source.event_source != settings.event_source:
             raise ValueError(
@@ -102,6 +107,7 @@ class EventSourceMapping:
                 settings.on_failure_destination,
                 session or boto3.Session(),
                 mapping_id=self.mapping_id,
+                endpoint_url=endpoint_url,
             )
         self._context = MappingContext(
             settings=settings,
@@ -117,6 +123,7 @@ class EventSourceMapping:
             stopping=self._stop.is_set,
             retention_seconds=retention_seconds,
             backoff=backoff or RetryBackoff(),
+            on_invocation=on_invocation,
         )
         self._filter = RecordFilter(settings.event_source, settings.filters)
         self._workers: dict[str, ShardWorker] = {}

@@ -107,6 +107,15 @@ _PASSTHROUGH = (
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CA_BUNDLE",
 )
+# The caller's credentials chain: left out when the function is given its own credentials.
+_CREDENTIALS_CHAIN = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
 # Lambda refuses a function whose variables set these (CreateFunction's reserved keys).
 _RESERVED = frozenset(
     {
@@ -149,6 +158,10 @@ class FunctionSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     region: str = field(default_factory=_default_region)
     account_id: str = "123456789012"
+    #: The function's credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and
+    #: `AWS_SESSION_TOKEN` if any), as Lambda gives a function its execution role's. Given, they
+    #: replace the caller's credentials chain; empty, the caller's passes through.
+    credentials: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Absolute: the worker runs in it, and puts it on its import path.
@@ -598,6 +611,10 @@ def _function_environment(
     spec: FunctionSpec, interpreter: Interpreter, log_stream: str
 ) -> dict[str, str]:
     environment = _base_environment()
+    if spec.credentials:
+        for name in _CREDENTIALS_CHAIN:
+            environment.pop(name, None)
+        environment.update(spec.credentials)
     # The local endpoint (and any service-specific one) reaches the function as it reaches us.
     environment.update(
         (name, value) for name, value in os.environ.items() if name.startswith("AWS_ENDPOINT_URL")

@@ -1,0 +1,608 @@
+"""`streams run` as a library: a template's function, fed by its streams, with Lambda's rules.
+
+```python
+stack = deploy_template("template.yaml", endpoint_url=endpoint.url)
+mapping = LocalMapping(stack, "ProcessorFunction")
+mapping.run(exit_when_idle=5)      # blocks; `mapping.stop()` from another thread ends it
+```
+
+`LocalMapping` glues the parts of `streams.mapping` together for one function of a deployed
+stack. For each of its DynamoDB and Kinesis event sources (SQS and other sources are not run,
+and are listed in `skipped`) it runs an `EventSourceMapping` in its own thread with:
+
+- the settings of the template (`MappingSettings.from_properties`: a bad value is refused with
+  one line naming the property, before anything starts);
+- the stream's shard source, its clients on the stack's endpoint;
+- the function in worker processes: its `CodeUri`, `Handler`, `Runtime`, `Timeout`,
+  `MemorySize` and resolved `Environment.Variables`, plus the endpoint (`AWS_ENDPOINT_URL`) and
+  the local endpoint's credentials, so that the function talks to the same endpoint;
+- the state table (`DynamoDBCheckpointStore`): the lease (a second mapping of the same function
+  and stream waits, saying so; a holder that died on this machine is taken over at once),
+  its heartbeat, checkpoints, and per-shard metrics: the engine's iterator age and event counts,
+  and from here each shard's state (`open`, `closed`, `finished`), the last batch's outcome and
+  the function's own EMF counts (`function:RecordsProcessed`, ...), so that `streams monitor`
+  needs the state table only (docs/mapping-state.md).
+
+`stop()` (or Ctrl-C in `run`): the batches in flight finish and checkpoint, the leases are
+released and the workers stopped; what was not done is delivered again by the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from streams.errors import UserError
+from streams.local import (
+    MAPPING_TYPE,
+    DeployedStack,
+    EventSourceSpec,
+    SkippedPart,
+    local_session,
+)
+from streams.local import FunctionSpec as TemplateFunction
+from streams.mapping import (
+    DEFAULT_RETENTION_SECONDS,
+    EventSourceMapping,
+    Invocation,
+    InvokeResult,
+    MappingSettings,
+    NotInvoked,
+    RetryBackoff,
+)
+from streams.mapping.checkpoints import (
+    DEFAULT_TABLE_NAME,
+    DynamoDBCheckpointStore,
+    LeaseBusy,
+    LeaseHolder,
+    LeaseLost,
+    MappingId,
+    ShardState,
+    function_counts,
+)
+from streams.mapping.workers import (
+    FunctionSpec,
+    Interpreter,
+    Worker,
+    WorkerInvokeResult,
+    resolve_interpreter,
+)
+from streams.sources import DynamoDBStreamSource, KinesisStreamSource
+from streams.sources.base import EventSource, Position, ReadResult, Shard, ShardReader, ShardSource
+from streams.sources.convert import arn_account, arn_region
+
+if TYPE_CHECKING:
+    import boto3
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
+__all__ = ["LocalMapping", "StreamMapping"]
+
+logger = logging.getLogger("streams.run")
+
+# Threads of one mapping share the clients: room for every shard's poller and lanes.
+_CLIENT_CONFIG: Final = Config(retries={"mode": "standard"}, max_pool_connections=50)
+
+
+@dataclass(frozen=True)
+class StreamMapping:
+    """One stream event source of a function (its logical id), with its validated settings."""
+
+    function: str
+    spec: EventSourceSpec
+    settings: MappingSettings
+
+    @property
+    def mapping_id(self) -> MappingId:
+        return MappingId(self.function, self.spec.event_source_arn)
+
+
+class LocalMapping:
+    """Runs every stream event source of one function of `stack` (see the module docstring).
+
+    - `function_id`: the function's logical id; needed when the template has several stream
+      functions.
+    - `region`: default the stack's.
+    - `clock` (epoch seconds) and `sleep` go to the engine and the state table: record ages,
+      batching windows, retry pauses and lease expiries follow them. `backoff` is the pause
+      before retrying a failed batch (default Lambda-like: `min(2**n, 60)` seconds).
+    - `lease_seconds`: how long a lease lasts without a heartbeat (renewed every third of it).
+    - `on_invocation` is called after each invocation, from the shard's thread (progress, logs).
+    - `state_table`: the state table's name in the endpoint.
+
+    Raises `UserError` (one line) for what the user can fix: no such function, a function with no
+    stream event source, a setting AWS would refuse, code that is not on this machine.
+    """
+
+    def __init__(
+        self,
+        stack: DeployedStack,
+        function_id: str | None = None,
+        *,
+        region: str | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        backoff: RetryBackoff | None = None,
+        lease_seconds: float = 30.0,
+        on_invocation: Callable[[Invocation], None] | None = None,
+        state_table: str = DEFAULT_TABLE_NAME,
+    ) -> None:
+        function = stack.function(function_id)
+        self.endpoint_url = stack.endpoint_url
+        self.region = region or stack.region
+        self.function = function
+        #: The stack's event sources that `streams run` cannot run (SQS queues, ...), and why.
+        self.skipped = _not_run(stack)
+        if not function.event_sources:
+            raise UserError(
+                f"function {function.logical_id} has no DynamoDB or Kinesis stream event source: "
+                "only streams are run locally"
+            )
+        self.streams = tuple(
+            StreamMapping(function.logical_id, spec, _settings(spec))
+            for spec in function.event_sources
+        )
+        self._session = local_session(self.region)
+        self.function_spec = _worker_spec(
+            function,
+            region=self.region,
+            account_id=arn_account(function.event_sources[0].event_source_arn),
+            endpoint_url=self.endpoint_url,
+            credentials=_credentials(self._session),
+        )
+        self._clock = clock
+        self._sleep = sleep
+        self._backoff = backoff
+        self._lease_seconds = lease_seconds
+        self._on_invocation = on_invocation
+        self._state_table = state_table
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._runs: list[_StreamRun] = []
+        self._ran = False
+
+    def stop(self) -> None:
+        """Stop (thread-safe): batches in flight finish and checkpoint, then `run` returns."""
+        self._stopping.set()
+        with self._lock:
+            runs = list(self._runs)
+        for run in runs:
+            run.stop()
+
+    def run(self, *, exit_when_idle: float | None = None) -> None:
+        """Run the function's stream mappings until `stop()`, Ctrl-C, or an error.
+
+        With `exit_when_idle`, return once every stream has had no record to deliver and
+        nothing in flight for that many seconds. An error of a mapping (a stream that cannot be
+        read, the state table, a lease another mapping took over: `LeaseLost`) stops the others
+        and is raised here, once their batches in flight are done.
+        """
+        with self._lock:
+            if self._ran:
+                raise RuntimeError("a LocalMapping runs once: make a new one to run again")
+            self._ran = True
+        if self._stopping.is_set():
+            return
+        workers = _FunctionWorkers(
+            self.function_spec,
+            resolve_interpreter(self.function_spec.runtime, self.function_spec.code_uri),
+        )
+        done: queue.Queue[_StreamRun] = queue.Queue()
+        threads: list[threading.Thread] = []
+        try:
+            # Clients are made here: a boto3 session is not thread-safe.
+            dynamodb: DynamoDBClient = self._session.client(
+                "dynamodb", endpoint_url=self.endpoint_url, config=_CLIENT_CONFIG
+            )
+            runs = [self._prepare(stream, workers, dynamodb, done) for stream in self.streams]
+            with self._lock:
+                self._runs = runs
+            threads = [
+                threading.Thread(
+                    target=run.run,
+                    args=(exit_when_idle,),
+                    name=f"mapping-{run.stream.spec.logical_id}",
+                    daemon=True,
+                )
+                for run in runs
+            ]
+            for thread in threads:
+                thread.start()
+            for _ in threads:
+                if done.get().error is not None:
+                    self.stop()
+        except KeyboardInterrupt:
+            logger.info("stopping: batches in flight finish and checkpoint")
+            raise
+        finally:
+            self.stop()
+            for thread in threads:
+                thread.join()
+            workers.close()
+        for run in runs:
+            if run.error is not None:
+                raise run.error
+
+    def _prepare(
+        self,
+        stream: StreamMapping,
+        workers: _FunctionWorkers,
+        dynamodb: DynamoDBClient,
+        done: queue.Queue[_StreamRun],
+    ) -> _StreamRun:
+        """One stream's state table store and engine; nothing is read before the lease."""
+        store = DynamoDBCheckpointStore(
+            stream.mapping_id,
+            client=dynamodb,
+            table_name=self._state_table,
+            lease_seconds=self._lease_seconds,
+            clock=self._clock,
+        )
+        figures = _ShardFigures(store)
+        source = _open_source(stream.spec, self._session, self.endpoint_url)
+        engine = EventSourceMapping(
+            stream.settings,
+            _ReportingSource(source, figures),
+            workers,
+            function_arn=self.function_spec.arn,
+            checkpoints=_ReportingCheckpoints(store, figures),
+            metrics=store,
+            session=self._session,
+            endpoint_url=self.endpoint_url,
+            function_timeout=self.function_spec.timeout,
+            clock=self._clock,
+            sleep=self._sleep,
+            retention_seconds=_retention_seconds(stream.spec, self._session, self.endpoint_url),
+            backoff=self._backoff,
+            # Stable across runs, as AWS's mapping UUID is: it names S3 on-failure objects.
+            mapping_id=str(uuid.uuid5(uuid.NAMESPACE_URL, stream.mapping_id.key)),
+            on_invocation=self._observer(figures),
+        )
+        return _StreamRun(stream, store, engine, stopping=self._stopping, done=done)
+
+    def _observer(self, figures: _ShardFigures) -> Callable[[Invocation], None]:
+        def observe(invocation: Invocation) -> None:
+            figures.invoked(invocation)
+            if self._on_invocation is not None:
+                self._on_invocation(invocation)
+
+        return observe
+
+
+# --- building the parts -------------------------------------------------------------------
+
+
+def _not_run(stack: DeployedStack) -> tuple[SkippedPart, ...]:
+    # Every mapping is left out of moto's stack; the reason that counts here is the last one
+    # given for it (a source that is not a stream, a function that cannot run locally).
+    runnable = {
+        source.logical_id for spec in stack.functions.values() for source in spec.event_sources
+    }
+    reasons = {part.name: part for part in stack.skipped if part.kind == MAPPING_TYPE}
+    return tuple(part for name, part in reasons.items() if name not in runnable)
+
+
+def _settings(spec: EventSourceSpec) -> MappingSettings:
+    try:
+        return MappingSettings.from_properties(spec.properties, spec.event_source)
+    except UserError as error:
+        raise UserError(f"{spec.logical_id}: {error}") from None
+
+
+def _credentials(session: boto3.Session) -> dict[str, str]:
+    """The session's credentials as the variables a function reads them from."""
+    found = session.get_credentials()
+    if found is None:  # local_session always has moto's test credentials
+        raise RuntimeError("the local session has no credentials")
+    frozen = found.get_frozen_credentials()
+    variables = {
+        "AWS_ACCESS_KEY_ID": str(frozen.access_key),
+        "AWS_SECRET_ACCESS_KEY": str(frozen.secret_key),
+    }
+    if frozen.token:
+        variables["AWS_SESSION_TOKEN"] = frozen.token
+    return variables
+
+
+def _worker_spec(
+    function: TemplateFunction,
+    *,
+    region: str,
+    account_id: str,
+    endpoint_url: str,
+    credentials: Mapping[str, str],
+) -> FunctionSpec:
+    if function.code_uri is None:
+        raise UserError(
+            f"function {function.logical_id}: its CodeUri is not a directory on this machine "
+            "(an S3 location or inline code): streams run needs the function's code here"
+        )
+    try:
+        return FunctionSpec(
+            name=function.function_name or function.logical_id,
+            code_uri=function.code_uri,
+            handler=function.handler,
+            runtime=function.runtime,
+            timeout=function.timeout,
+            memory_size=function.memory_size,
+            # The function talks to the endpoint the mapping reads from, never to AWS.
+            environment={**function.environment, "AWS_ENDPOINT_URL": endpoint_url},
+            region=region,
+            account_id=account_id,
+            credentials=credentials,
+        )
+    except ValueError as error:
+        raise UserError(f"function {function.logical_id}: {error}") from None
+
+
+def _open_source(spec: EventSourceSpec, session: boto3.Session, endpoint_url: str) -> ShardSource:
+    region = arn_region(spec.event_source_arn)
+    if spec.event_source == "aws:dynamodb":
+        return DynamoDBStreamSource(
+            spec.event_source_arn,
+            client=session.client(
+                "dynamodbstreams",
+                region_name=region,
+                endpoint_url=endpoint_url,
+                config=_CLIENT_CONFIG,
+            ),
+        )
+    return KinesisStreamSource(
+        spec.event_source_arn,
+        client=session.client(
+            "kinesis", region_name=region, endpoint_url=endpoint_url, config=_CLIENT_CONFIG
+        ),
+    )
+
+
+def _retention_seconds(spec: EventSourceSpec, session: boto3.Session, endpoint_url: str) -> float:
+    """How long the stream keeps records: 24 h for DynamoDB, the stream's own for Kinesis."""
+    if spec.event_source != "aws:kinesis":
+        return DEFAULT_RETENTION_SECONDS
+    kinesis = session.client(
+        "kinesis", region_name=arn_region(spec.event_source_arn), endpoint_url=endpoint_url
+    )
+    summary = kinesis.describe_stream_summary(StreamARN=spec.event_source_arn)
+    return float(summary["StreamDescriptionSummary"]["RetentionPeriodHours"]) * 3600
+
+
+# --- the function's workers ---------------------------------------------------------------
+
+
+class _FunctionWorkers:
+    """The function's worker processes, as the mappings' invoker: one per batch in flight.
+
+    A worker is taken for each invocation (the most recently used first: it is warm) and a new
+    one is made when all are busy. The engine keeps batches in flight at most shards times
+    `ParallelizationFactor`, and shards appear while it runs (a Kinesis split), so the number
+    of workers follows that bound instead of a size fixed at start. A worker starts its process
+    on its first invocation.
+    """
+
+    def __init__(self, spec: FunctionSpec, interpreter: Interpreter) -> None:
+        self._spec = spec
+        self._interpreter = interpreter
+        self._lock = threading.Lock()
+        self._idle: list[Worker] = []
+        self._all: list[Worker] = []
+        self._closed = False
+
+    def __call__(self, event: Mapping[str, Any], deadline_seconds: float) -> InvokeResult:
+        with self._lock:
+            if self._closed:
+                raise NotInvoked("the function's workers are stopped")
+            if self._idle:
+                worker = self._idle.pop()
+            else:
+                worker = Worker(self._spec, self._interpreter)
+                self._all.append(worker)
+        try:
+            return worker.invoke(event, deadline_seconds)
+        finally:
+            with self._lock:
+                self._idle.append(worker)
+
+    def close(self) -> None:
+        """Stop every process (call once no invocation is under way)."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+        for worker in workers:
+            worker.close()
+
+
+# --- what the state table shows per shard, beyond the engine's metrics --------------------
+
+
+class _ShardFigures:
+    """Writes each shard's state, its last batch's outcome and the function's own counts.
+
+    A failed write never stops delivery: the store keeps the figures and writes them with the
+    shard's next metrics write.
+    """
+
+    _ORDER: Final[Mapping[ShardState, int]] = {"open": 0, "closed": 1, "finished": 2}
+
+    def __init__(self, store: DynamoDBCheckpointStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._states: dict[str, ShardState] = {}
+
+    def state(self, shard_id: str, state: ShardState) -> None:
+        """A shard's state only moves forward: open, closed, finished."""
+        with self._lock:
+            current = self._states.get(shard_id)
+            if current is not None and self._ORDER[current] >= self._ORDER[state]:
+                return
+            self._states[shard_id] = state
+        self._write(shard_id, {}, state=state)
+
+    def invoked(self, invocation: Invocation) -> None:
+        result = invocation.result
+        counts = function_counts(result.metrics) if isinstance(result, WorkerInvokeResult) else {}
+        self._write(invocation.shard_id, counts, last_outcome=invocation.outcome)
+
+    def _write(
+        self,
+        shard_id: str,
+        counts: Mapping[str, float],
+        *,
+        state: ShardState | None = None,
+        last_outcome: str | None = None,
+    ) -> None:
+        try:
+            self._store.record_metrics(shard_id, counts, state=state, last_outcome=last_outcome)
+        except (BotoCoreError, ClientError) as error:
+            logger.warning("shard %s: metrics not written yet (%s)", shard_id, error)
+
+
+class _ReportingReader:
+    """A shard reader that says when it has reached the end of its (closed) shard."""
+
+    def __init__(self, reader: ShardReader, ended: Callable[[], None]) -> None:
+        self._reader = reader
+        self._ended = ended
+
+    def read(self, limit: int) -> ReadResult:
+        result = self._reader.read(limit)
+        if result.shard_ended:
+            self._ended()
+        return result
+
+
+class _ReportingSource:
+    """A shard source that reports each shard's state: `open` when a reader starts on it,
+    `closed` once the stream lists it closed or its reader has reached its end."""
+
+    def __init__(self, source: ShardSource, figures: _ShardFigures) -> None:
+        self.event_source: EventSource = source.event_source
+        self.source_arn: str = source.source_arn
+        self._source = source
+        self._figures = figures
+        self._lock = threading.Lock()
+        self._listed_closed: set[str] = set()
+        self._reading: set[str] = set()
+
+    def list_shards(self) -> list[Shard]:
+        shards = self._source.list_shards()
+        with self._lock:
+            self._listed_closed = {shard.shard_id for shard in shards if shard.closed}
+            closing = sorted(self._reading & self._listed_closed)
+        for shard_id in closing:
+            self._figures.state(shard_id, "closed")
+        return shards
+
+    def open(self, shard_id: str, position: Position) -> ShardReader:
+        reader = self._source.open(shard_id, position)
+        with self._lock:
+            self._reading.add(shard_id)
+            closed = shard_id in self._listed_closed
+        self._figures.state(shard_id, "closed" if closed else "open")
+        return _ReportingReader(reader, lambda: self._figures.state(shard_id, "closed"))
+
+
+class _ReportingCheckpoints:
+    """The state table's checkpoints, reporting a shard `finished` once checkpointed so."""
+
+    def __init__(self, store: DynamoDBCheckpointStore, figures: _ShardFigures) -> None:
+        self._store = store
+        self._figures = figures
+
+    def get(self, shard_id: str) -> str | None:
+        return self._store.get(shard_id)
+
+    def put(self, shard_id: str, sequence_number: str | None, shard_finished: bool) -> None:
+        self._store.put(shard_id, sequence_number, shard_finished)
+        if shard_finished:
+            self._figures.state(shard_id, "finished")
+
+
+# --- one stream's run: lease, heartbeat, engine -------------------------------------------
+
+
+class _StreamRun:
+    """One event source mapping, in its own thread: wait for the lease, run, release."""
+
+    def __init__(
+        self,
+        stream: StreamMapping,
+        store: DynamoDBCheckpointStore,
+        engine: EventSourceMapping,
+        *,
+        stopping: threading.Event,
+        done: queue.Queue[_StreamRun],
+    ) -> None:
+        self.stream = stream
+        self.error: BaseException | None = None
+        self._store = store
+        self._engine = engine
+        self._stopping = stopping
+        self._done = done
+
+    def stop(self) -> None:
+        self._engine.stop()
+
+    def run(self, exit_when_idle: float | None) -> None:
+        try:
+            self._run(exit_when_idle)
+        except BaseException as error:  # raised by LocalMapping.run, in the caller's thread
+            self.error = error
+        finally:
+            self._done.put(self)
+
+    def _run(self, exit_when_idle: float | None) -> None:
+        store = self._store
+        if self._acquire(store) is None:
+            return  # stopped while waiting
+        logger.info(
+            "mapping %s on %s: lease taken", store.mapping.function, store.mapping.source_arn
+        )
+        try:
+            with store.heartbeat(self._lost):
+                self._engine.run(exit_when_idle=exit_when_idle)
+        finally:
+            self._release(store)
+
+    def _acquire(self, store: DynamoDBCheckpointStore) -> LeaseHolder | None:
+        """The lease, once no other live mapping holds it; None if stopped while waiting."""
+        announced: str | None = None
+        while not self._stopping.is_set():
+            try:
+                return store.acquire_lease(timeout=0)
+            except LeaseBusy as busy:
+                if busy.holder.owner != announced:
+                    announced = busy.holder.owner
+                    logger.warning(
+                        "mapping %s on %s: waiting, another mapping runs it: %s",
+                        store.mapping.function,
+                        store.mapping.source_arn,
+                        busy.holder.describe(),
+                    )
+            self._stopping.wait(store.poll_seconds)
+        return None
+
+    def _lost(self, lost: LeaseLost) -> None:
+        logger.error("%s: stopping", lost)
+        self.error = lost
+        self.stop()
+
+    @staticmethod
+    def _release(store: DynamoDBCheckpointStore) -> None:
+        try:
+            store.release_lease()
+        except (BotoCoreError, ClientError) as error:
+            # It expires by itself: the next mapping waits at most `lease_seconds`.
+            logger.warning(
+                "mapping %s on %s: lease not released (%s)",
+                store.mapping.function,
+                store.mapping.source_arn,
+                error,
+            )

@@ -1,0 +1,178 @@
+"""`streams run`: the command, in this process and as a process killed with SIGKILL."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from streams.cli import main
+from streams.mapping import Invocation, InvokeResult
+from streams.mapping.invoke import FunctionError
+from streams.run_command import Summary
+from tests.run_functions import (
+    TEMPLATE,
+    Instrumented,
+    deploy_instrumented,
+    item_keys,
+    pid_running,
+    wait_until,
+)
+
+
+def _command(function: Instrumented, *options: str) -> list[str]:
+    return [
+        "run",
+        "--template",
+        str(TEMPLATE),
+        "--stack-name",
+        function.stack.stack_name,
+        *options,
+        "--parameter-overrides",
+        *function.override_arguments(),
+    ]
+
+
+def test_killing_the_mapping_mid_invocation_loses_nothing_and_repeats_only_the_batch_in_flight(
+    moto_endpoint: str, unique_name: str, tmp_path: Path
+) -> None:
+    # GIVEN 50 items in batches of 10, and a function that sleeps in the middle of the third
+    function = deploy_instrumented(
+        moto_endpoint,
+        unique_name,
+        tmp_path,
+        Behaviour="sleep-once",
+        SleepKey=item_keys(1, start=25)[0],
+        FunctionTimeout=60,
+        BatchSize=10,
+    )
+    function.put_items(item_keys(50))
+    command = [sys.executable, "-m", "streams", *_command(function)]
+    # WHEN the mapping is killed while that invocation sleeps, then started again
+    with subprocess.Popen(
+        [*command, "-v"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as killed:
+        try:
+            wait_until(function.once_file.exists, "the function to be mid-invocation")
+        finally:
+            killed.send_signal(signal.SIGKILL)
+    sleeper = function.once_pid()
+    os.kill(sleeper, signal.SIGKILL)  # the orphaned worker would end by itself after Timeout
+    wait_until(lambda: not pid_running(sleeper), "the orphaned worker to end")
+    before = function.handled()
+    restarted = subprocess.run(
+        [*command, "--exit-when-idle", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    # THEN every record was handled; the only ones handled twice are those the killed
+    # invocation handled before it was killed; the dead mapping's lease was taken at once
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    handled = function.handled()
+    assert sorted({record.pk for record in handled}) == item_keys(50)
+    in_flight = before[-1].request_id
+    repeated = {pk for pk, count in Counter(r.pk for r in handled).items() if count > 1}
+    assert repeated == {record.pk for record in before if record.request_id == in_flight}
+    assert repeated == set(item_keys(5, start=20))
+    assert "its process is gone" in restarted.stdout
+    assert "waiting, another mapping runs it" not in restarted.stdout
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_output_has_the_functions_logs_and_per_invocation_lines_only_with_verbose(
+    moto_endpoint: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    verbose: bool,
+) -> None:
+    function = deploy_instrumented(moto_endpoint, unique_name, tmp_path, BatchSize=10)
+    function.put_items(item_keys(25))
+
+    code = main(_command(function, "--exit-when-idle", "0.5", *(["-v"] if verbose else [])))
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"streams: endpoint: {moto_endpoint} (from AWS_ENDPOINT_URL)" in out
+    assert (
+        f"function Recorder: functions.handle (python3.11, 10 s, 128 MB) from {TEMPLATE.parent}"
+        in out
+    )
+    assert out.count("[Recorder] handled 10 records") == 2
+    assert "[Recorder] handled 5 records" in out
+    assert ("5 records: ok (" in out) is verbose
+    assert "in all: 3 invocations, 25 records, 0 failed" in out
+
+
+def test_bad_settings_are_refused_with_one_line_naming_the_property_and_a_non_zero_exit(
+    moto_endpoint: str, unique_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    function = deploy_instrumented(moto_endpoint, unique_name, tmp_path, BatchSize=0)
+
+    code = main(_command(function))
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        "streams: error: RecorderStream: event source mapping property BatchSize: "
+        "must be between 1 and 10000, got 0\n"
+    )
+
+
+def test_without_a_local_endpoint_it_refuses_to_run_against_aws(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no `streams local up` recorded here
+
+    code = main(["run", "--template", str(TEMPLATE)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("streams: error: no local endpoint: streams run feeds the function")
+    assert err.count("\n") == 1
+
+
+def test_quietly_a_summary_line_comes_at_most_once_per_interval_and_the_totals_at_the_end() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    summary = Summary(out, interval=10.0, clock=lambda: now[0])
+    ok = Invocation("shard-1", 100, "ok", True, 0.01, InvokeResult())
+    failed = Invocation(
+        "shard-1",
+        100,
+        "function error E: boom",
+        False,
+        0.01,
+        InvokeResult(error=FunctionError("E", "boom")),
+    )
+
+    for at in (0.0, 4.0, 9.0):
+        now[0] = at
+        summary.invoked(ok)
+    quiet_so_far = out.getvalue()
+    now[0] = 10.0
+    summary.invoked(failed)
+    now[0] = 12.0
+    summary.invoked(ok)
+    summary.finish()
+
+    lines = out.getvalue().splitlines()
+    assert quiet_so_far == ""
+    assert len(lines) == 2
+    assert lines[0].endswith(
+        "last 10 s: 4 invocations, 400 records, 1 failed (last: function error E: boom)"
+    )
+    assert lines[1] == (
+        "in all: 5 invocations, 500 records, 1 failed (last: function error E: boom)"
+    )
