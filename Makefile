@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 # sam's usage reporting: off for tests and builds (no network but the package registries).
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test clean build-ProcessorFunction build-HydrateFunction
+.PHONY: test demo clean build-ProcessorFunction build-HydrateFunction
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/streams check --template template.yaml
 	$(BIN)/python -m pytest
+
+# The main job on the embedded local AWS: endpoint, template, mapping, burst, verified summary.
+demo: $(STAMP)
+	$(BIN)/streams demo
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,374 @@
+"""`streams demo`: the whole product on this machine, verified from its outputs.
+
+It starts the embedded endpoint, creates template.yaml's resources, runs the processor function
+with Lambda's rules (the local mapping), writes a burst of naughty-and-nice updates through
+`TableWriter`, shows live progress, and then checks the result from the outputs alone: a scan
+of the delivery table and a read of the dead-letter queue, never the run's own counters.
+
+Verification, for the updates written (in order):
+
+- a child is *delivered* when the delivery table holds its newest valid update; then every
+  valid update of that child is accounted for (an update superseded by a newer one of the same
+  child counts as delivered);
+- a malformed update is *parked* when the dead-letter queue holds it (with reason `poison`); a
+  malformed update followed by a newer update of the same child counts as superseded;
+- `lost` is every update accounted for by neither. The exit code is 0 only when it is 0.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer
+from botocore.exceptions import BotoCoreError, ClientError
+
+from streams.dlq import DeadLetterQueueReader
+from streams.generate import STATUSES, generate_updates
+from streams.local import (
+    DeployedStack,
+    EndpointProcess,
+    RecordedEndpoint,
+    deploy_template,
+    forget_endpoint,
+    local_session,
+    record_endpoint,
+)
+from streams.monitor import LocalMonitor, MonitorSampler, MonitorSnapshot, queues_from_outputs
+from streams.run import LocalMapping
+from streams.writer import TableWriter, WriteReport
+
+FUNCTION = "ProcessorFunction"
+#: Stop waiting for the mapping when its counters have not moved for this long after the burst.
+STALL_SECONDS = 30.0
+#: The stream counts as drained when the mapping has read nothing new for this long.
+DRAINED_AFTER_IDLE_SECONDS = 2.0
+
+_deserialize = TypeDeserializer().deserialize
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the live view shows."""
+
+    total: int
+    written: int
+    throttled: int
+    processed: float
+    parked: float
+    iterator_age_ms: float | None
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The demo's verdict, computed from the delivery table and the dead-letter queue only."""
+
+    updates: int
+    children: int
+    valid: int
+    malformed: int
+    children_delivered: int
+    delivered: int  # valid updates accounted for by their child's newest one in the table
+    parked: int  # malformed updates found in the dead-letter queue
+    superseded: int  # malformed updates not parked but followed by a newer update of the child
+    failed_writes: int  # refused by DynamoDB for good (the writer's report lists them)
+    lost: int
+    lost_children: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0
+
+
+def is_valid(update: Mapping[str, Any]) -> bool:
+    """What the processor accepts (processor/naughty_nice.py): a known status and an address."""
+    return update.get("status") in STATUSES and isinstance(update.get("address"), Mapping)
+
+
+def verify(
+    updates: Sequence[Mapping[str, Any]],
+    delivered: Mapping[str, Mapping[str, Any]],
+    parked: Sequence[Mapping[str, Any]],
+    failed: set[int] = frozenset(),  # type: ignore[assignment]
+) -> Verification:
+    """`updates` in the order written; `delivered` by childId (tombstones excluded);
+    `parked` the dead-letter messages' records' new images (decoded); `failed` the positions
+    of updates the writer reports as refused for good (never in the table)."""
+    parked_keys = {
+        (image.get("childId"), _plain(image.get("version")))
+        for image in parked
+        if image is not None
+    }
+    newest_valid: dict[str, Mapping[str, Any]] = {}
+    newest_position: dict[str, int] = {}
+    for position, update in enumerate(updates):
+        if position in failed:
+            continue
+        child = str(update["childId"])
+        newest_position[child] = position
+        if is_valid(update):
+            newest_valid[child] = update
+    children_ok = {
+        child
+        for child, update in newest_valid.items()
+        if _projection(delivered.get(child)) == _projection(update)
+    }
+    valid = malformed = accounted = parked_count = superseded = 0
+    lost_children: set[str] = set()
+    for position, update in enumerate(updates):
+        if position in failed:
+            continue
+        child = str(update["childId"])
+        if is_valid(update):
+            valid += 1
+            if child in children_ok:
+                accounted += 1
+            else:
+                lost_children.add(child)
+            continue
+        malformed += 1
+        if (child, _plain(update.get("version"))) in parked_keys:
+            parked_count += 1
+        elif newest_position[child] > position:
+            superseded += 1
+        else:
+            lost_children.add(child)
+    lost = (valid - accounted) + (malformed - parked_count - superseded)
+    return Verification(
+        updates=len(updates),
+        children=len({str(u["childId"]) for u in updates}),
+        valid=valid,
+        malformed=malformed,
+        children_delivered=len(children_ok),
+        delivered=accounted,
+        parked=parked_count,
+        superseded=superseded,
+        failed_writes=len(failed),
+        lost=lost,
+        lost_children=tuple(sorted(lost_children)),
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else value
+    if isinstance(value, Mapping):
+        return {key: _plain(inner) for key, inner in value.items()}
+    return value
+
+
+def _projection(item: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+    """What the delivery table keeps of an update (processor/naughty_nice.py)."""
+    if item is None:
+        return None
+    return (item.get("status"), item.get("region"), _plain(item.get("address")))
+
+
+def _scan(client: Any, table: str) -> dict[str, dict[str, Any]]:
+    children: dict[str, dict[str, Any]] = {}
+    for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+        for raw in page["Items"]:
+            item = {name: _deserialize(value) for name, value in raw.items()}
+            if not item.get("deleted"):
+                children[str(item["childId"])] = item
+    return children
+
+
+def _parked_images(reader: DeadLetterQueueReader) -> list[dict[str, Any]]:
+    messages = reader.receive_all()
+    reader.release(messages)  # they stay parked: `streams dlq list` shows them
+    images = []
+    for message in messages:
+        if message.reason != "poison":
+            continue
+        new_image = message.record.get("dynamodb", {}).get("NewImage") or {}
+        images.append({name: _deserialize(value) for name, value in new_image.items()})
+    return images
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    verification: Verification
+    report: WriteReport
+    chart: Path | None
+    seconds: float
+    endpoint_url: str
+
+
+class Demo:
+    """One run of the demo; `show` receives progress while it runs (the CLI draws it)."""
+
+    def __init__(
+        self,
+        *,
+        template: Path,
+        updates: int,
+        children: int,
+        poison_rate: float,
+        seed: int,
+        chart: Path | None,
+        port: int = 0,
+        state_file: Path | None = None,
+        show: Callable[[Progress], None] = lambda progress: None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.template = template
+        self.updates = updates
+        self.children = children
+        self.poison_rate = poison_rate
+        self.seed = seed
+        self.chart = chart
+        self.port = port
+        self.state_file = state_file
+        self.show = show
+        self.say = say
+
+    def run(
+        self, *, after: Callable[[DemoResult, EndpointProcess], None] | None = None
+    ) -> DemoResult:
+        """Run it; `after` is called with the result while the endpoint is still up."""
+        start = time.monotonic()
+        with EndpointProcess(self.port) as endpoint:
+            self.say(f"endpoint: {endpoint.url} (moto's server, in a process of its own)")
+            stack = deploy_template(self.template, endpoint_url=endpoint.url)
+            source_table = stack.outputs["SourceTableName"]
+            self.say(f"stack {stack.stack_name}: {stack.status}; source table {source_table}")
+            recorded = RecordedEndpoint(
+                endpoint_url=endpoint.url,
+                region=stack.region,
+                stack_name=stack.stack_name,
+                template=str(self.template),
+                pid=os.getpid(),
+            )
+            if self.state_file is not None:
+                record_endpoint(recorded, self.state_file)
+            try:
+                result = self._run(endpoint, stack, start)
+                if after is not None:
+                    after(result, endpoint)
+                return result
+            finally:
+                if self.state_file is not None:
+                    forget_endpoint(self.state_file)
+
+    def _run(self, endpoint: EndpointProcess, stack: DeployedStack, start: float) -> DemoResult:
+        session = local_session(stack.region)
+        dynamodb = session.client("dynamodb", endpoint_url=endpoint.url)
+        sqs = session.client("sqs", endpoint_url=endpoint.url)
+        queues = queues_from_outputs(stack.outputs)
+        watch = LocalMonitor(dynamodb=dynamodb, sqs=sqs, queues=queues)
+        chart_monitor = LocalMonitor(dynamodb=dynamodb, sqs=sqs, queues=queues)
+
+        updates = list(
+            generate_updates(
+                self.updates, children=self.children, poison_rate=self.poison_rate, seed=self.seed
+            )
+        )
+        mapping = LocalMapping(stack, FUNCTION)
+        failure: list[BaseException] = []
+
+        def run_mapping() -> None:
+            try:
+                mapping.run()
+            except BaseException as error:  # reported after the burst; the demo then fails
+                failure.append(error)
+
+        runner = threading.Thread(target=run_mapping, name="local-mapping", daemon=True)
+        runner.start()
+        with MonitorSampler(chart_monitor, interval=1.0) as sampler:
+            # coalesce=False: every update reaches the stream (a queued write is never replaced).
+            writer = TableWriter(stack.outputs["SourceTableName"], client=dynamodb, coalesce=False)
+            snapshot: MonitorSnapshot | None = None
+            with writer:
+                for count, update in enumerate(updates, 1):
+                    writer.put(update)
+                    if count % 500 == 0:
+                        snapshot = self._progress(watch, writer.report, snapshot, start)
+            report = writer.report
+            self._drain(watch, report, start, failure)
+            mapping.stop()
+            runner.join()
+            if failure:
+                raise failure[0]
+            # The counters say every record was handled at least once; a retried batch counts
+            # twice, so make sure: a fresh mapping resumes from the checkpoints and returns only
+            # once the stream has had nothing more for a while (it is read to its end).
+            LocalMapping(stack, FUNCTION).run(exit_when_idle=DRAINED_AFTER_IDLE_SECONDS)
+
+        verification = verify(
+            updates,
+            _scan(dynamodb, stack.outputs["DeliveryTableName"]),
+            _parked_images(
+                DeadLetterQueueReader(
+                    stack.outputs["DeadLetterQueueUrl"],
+                    sqs=sqs,
+                    s3=session.client("s3", endpoint_url=endpoint.url),
+                )
+            ),
+            failed={failure.seq for failure in report.failed},
+        )
+        chart = None
+        if self.chart is not None:
+            from streams.monitor import write_chart
+
+            chart = write_chart(
+                sampler.history.samples, self.chart, title="The demo: iterator age and throughput"
+            )
+        return DemoResult(verification, report, chart, time.monotonic() - start, endpoint.url)
+
+    def _progress(
+        self,
+        watch: LocalMonitor,
+        report: WriteReport,
+        previous: MonitorSnapshot | None,
+        start: float,
+    ) -> MonitorSnapshot | None:
+        snapshot: MonitorSnapshot | None
+        try:
+            snapshot = watch.snapshot()
+        except (BotoCoreError, ClientError):  # the view must never stop the run
+            snapshot = previous
+        totals = snapshot.totals if snapshot is not None else None
+        self.show(
+            Progress(
+                total=self.updates,
+                written=report.written,
+                throttled=report.throttled,
+                processed=(totals.processed or 0) if totals else 0,
+                parked=(totals.parked or 0) if totals else 0,
+                iterator_age_ms=totals.max_iterator_age_ms if totals else None,
+                elapsed=time.monotonic() - start,
+            )
+        )
+        return snapshot
+
+    def _drain(
+        self,
+        watch: LocalMonitor,
+        report: WriteReport,
+        start: float,
+        failure: list[BaseException],
+    ) -> None:
+        """Wait until the mapping has handled every record written (or stops making progress)."""
+        expected = report.written
+        snapshot: MonitorSnapshot | None = None
+        done, moved_at = -1.0, time.monotonic()
+        while not failure:
+            snapshot = self._progress(watch, report, snapshot, start)
+            totals = snapshot.totals if snapshot is not None else None
+            now_done = ((totals.processed or 0) + (totals.parked or 0)) if totals else 0
+            if now_done != done:
+                done, moved_at = now_done, time.monotonic()
+            if done >= expected:
+                return
+            if time.monotonic() - moved_at > STALL_SECONDS:
+                self.say(f"the mapping made no progress for {STALL_SECONDS:.0f} s: verifying now")
+                return
+            time.sleep(0.5)

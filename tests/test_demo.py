@@ -1,0 +1,126 @@
+"""The demo's verdict comes from its outputs, and counts every update exactly once."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.cli import main
+from streams.demo import verify
+from streams.generate import generate_updates
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def update(
+    child: str, version: int, status: str = "nice", street: str = "1 Main"
+) -> dict[str, Any]:
+    return {
+        "childId": child,
+        "version": version,
+        "status": status,
+        "region": "north",
+        "address": {"street": street, "city": "Oslo"},
+    }
+
+
+def stored(source: dict[str, Any]) -> dict[str, Any]:
+    """The delivery table's item for an update, as a scan decodes it."""
+    return {
+        "childId": source["childId"],
+        "status": source["status"],
+        "region": source["region"],
+        "address": source["address"],
+        "sequenceNumber": "0" * 40,
+        "deleted": False,
+    }
+
+
+def poison(child: str, version: int) -> dict[str, Any]:
+    return update(child, version, status="grumpy")
+
+
+def test_everything_delivered_or_parked_is_nothing_lost() -> None:
+    updates = [
+        update("a", 1, street="1"),
+        poison("a", 2),
+        update("a", 3, street="3"),
+        update("b", 1),
+    ]
+    verdict = verify(
+        updates,
+        delivered={"a": stored(updates[2]), "b": stored(updates[3])},
+        parked=[{"childId": "a", "version": Decimal(2)}],
+    )
+    assert (verdict.valid, verdict.malformed, verdict.delivered, verdict.parked) == (3, 1, 3, 1)
+    assert verdict.lost == 0 and verdict.ok
+
+
+def test_a_child_whose_newest_valid_update_is_missing_loses_its_valid_updates() -> None:
+    updates = [update("a", 1, street="1"), update("a", 2, street="2"), update("b", 1)]
+    verdict = verify(
+        updates, delivered={"a": stored(updates[0]), "b": stored(updates[2])}, parked=[]
+    )
+    assert verdict.lost == 2
+    assert verdict.lost_children == ("a",)
+    assert not verdict.ok
+
+
+def test_a_malformed_update_neither_parked_nor_superseded_is_lost() -> None:
+    updates = [update("a", 1), poison("a", 2)]
+    verdict = verify(updates, delivered={"a": stored(updates[0])}, parked=[])
+    assert (verdict.parked, verdict.superseded, verdict.lost) == (0, 0, 1)
+
+
+def test_a_malformed_update_followed_by_a_newer_one_counts_as_superseded() -> None:
+    updates = [poison("a", 1), update("a", 2)]
+    verdict = verify(updates, delivered={"a": stored(updates[1])}, parked=[])
+    assert (verdict.superseded, verdict.lost) == (1, 0)
+
+
+def test_writes_refused_for_good_are_reported_not_counted_as_lost() -> None:
+    updates = [update("a", 1), update("a", 2, street="2")]
+    verdict = verify(updates, delivered={"a": stored(updates[0])}, parked=[], failed={1})
+    assert (verdict.failed_writes, verdict.lost) == (1, 0)
+
+
+def test_consecutive_generated_updates_of_a_child_read_differently_once_projected() -> None:
+    streets: dict[str, list[str]] = {}
+    for one in generate_updates(3000, children=300, seed=1):
+        address = one["address"]
+        assert isinstance(address, dict)
+        streets.setdefault(str(one["childId"]), []).append(str(address["street"]))
+    for history in streets.values():
+        assert all(a != b for a, b in itertools.pairwise(history))
+
+
+def test_a_small_demo_delivers_or_parks_every_update_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chart = tmp_path / "demo.png"
+    code = main(
+        [
+            "demo",
+            "--updates",
+            "300",
+            "--children",
+            "80",
+            "--poison-rate",
+            "0.05",
+            "--template",
+            str(ROOT / "template.yaml"),
+            "--chart",
+            str(chart),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "lost                          0" in out
+    parked = int(out.split("parked (poison)")[1].split()[0])
+    malformed = int(out.split("malformed")[1].split()[0])
+    assert malformed > 0 and parked == malformed
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
