@@ -2,8 +2,10 @@
 
 It starts the embedded endpoint, creates template.yaml's resources, runs the processor function
 with Lambda's rules (the local mapping), writes a burst of naughty-and-nice updates through
-`TableWriter`, shows live progress, and then checks the result from the outputs alone: a scan
-of the delivery table and a read of the dead-letter queue, never the run's own counters.
+`TableWriter` (the last 2% trickle in one a second while the mapping works off the burst, so the
+iterator age is seen to fall once the backlog is gone), shows live progress, and then checks the
+result from the outputs alone: a scan of the delivery table and a read of the dead-letter queue,
+never the run's own counters.
 
 Verification, for the updates written (in order):
 
@@ -49,6 +51,9 @@ FUNCTION = "ProcessorFunction"
 STALL_SECONDS = 30.0
 #: The stream counts as drained when the mapping has read nothing new for this long.
 DRAINED_AFTER_IDLE_SECONDS = 2.0
+#: After the burst, updates keep coming one a second until the mapping has been caught up this
+#: long (at most the last 2% of the updates): the chart then shows the iterator age falling.
+CAUGHT_UP_SECONDS = 5.0
 
 _deserialize = TypeDeserializer().deserialize
 
@@ -286,13 +291,19 @@ class Demo:
             # coalesce=False: every update reaches the stream (a queued write is never replaced).
             writer = TableWriter(stack.outputs["SourceTableName"], client=dynamodb, coalesce=False)
             snapshot: MonitorSnapshot | None = None
+            burst, trickle = (
+                updates[: len(updates) - len(updates) // 50],
+                updates[len(updates) - len(updates) // 50 :],
+            )
             with writer:
-                for count, update in enumerate(updates, 1):
+                for count, update in enumerate(burst, 1):
                     writer.put(update)
                     if count % 500 == 0:
                         snapshot = self._progress(watch, writer.report, snapshot, start)
+                writer.flush()
+                trickled = self._drain(watch, writer, trickle, start, failure)
             report = writer.report
-            self._drain(watch, report, start, failure)
+            updates = burst + trickle[:trickled]  # what was written, in order
             mapping.stop()
             runner.join()
             if failure:
@@ -352,23 +363,41 @@ class Demo:
     def _drain(
         self,
         watch: LocalMonitor,
-        report: WriteReport,
+        writer: TableWriter,
+        trickle: Sequence[Mapping[str, Any]],
         start: float,
         failure: list[BaseException],
-    ) -> None:
-        """Wait until the mapping has handled every record written (or stops making progress)."""
-        expected = report.written
+    ) -> int:
+        """Trickle updates in, one a second, while the mapping works off the burst; return once
+        it has handled every record written and has been caught up for a few seconds (or makes
+        no progress). Returns how many trickle updates were written; the caller writes the rest.
+
+        The trickle is what shows the iterator age falling once the backlog is gone: records
+        written after the mapping caught up are delivered within a second or so.
+        """
         snapshot: MonitorSnapshot | None = None
         done, moved_at = -1.0, time.monotonic()
+        caught_up_at: float | None = None
+        written = 0
+        last_trickle = 0.0
         while not failure:
-            snapshot = self._progress(watch, report, snapshot, start)
+            now = time.monotonic()
+            keep_trickling = caught_up_at is None or now - caught_up_at < CAUGHT_UP_SECONDS
+            if written < len(trickle) and keep_trickling and now - last_trickle >= 1.0:
+                writer.put(trickle[written])
+                writer.flush()
+                written, last_trickle = written + 1, now
+            snapshot = self._progress(watch, writer.report, snapshot, start)
             totals = snapshot.totals if snapshot is not None else None
             now_done = ((totals.processed or 0) + (totals.parked or 0)) if totals else 0
             if now_done != done:
-                done, moved_at = now_done, time.monotonic()
-            if done >= expected:
-                return
-            if time.monotonic() - moved_at > STALL_SECONDS:
+                done, moved_at = now_done, now
+            if done >= writer.report.written:
+                caught_up_at = caught_up_at if caught_up_at is not None else now
+                if written == len(trickle) or now - caught_up_at >= CAUGHT_UP_SECONDS:
+                    return written
+            if now - moved_at > STALL_SECONDS:
                 self.say(f"the mapping made no progress for {STALL_SECONDS:.0f} s: verifying now")
-                return
-            time.sleep(0.5)
+                return written
+            time.sleep(0.25)
+        return written

@@ -22,6 +22,7 @@ the chart), `MonitorSampler` takes them in a thread while something else runs (t
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import threading
@@ -352,7 +353,7 @@ class LocalMonitor:
     """Reads the local mapping's state table and the queues' attributes (see the module doc).
 
     `clock` (epoch seconds) times each read: records/s is the growth of the done counters
-    between two reads over the clock's difference.
+    over the last `rate_window` seconds of reads (between two reads when they are further apart).
     """
 
     two_reads_for_rates = True
@@ -365,13 +366,16 @@ class LocalMonitor:
         queues: Sequence[QueueRef] = (),
         table_name: str = DEFAULT_TABLE_NAME,
         clock: Callable[[], float] = time.time,
+        rate_window: float = 5.0,
     ) -> None:
         self.dynamodb = dynamodb
         self.sqs = sqs
         self.queues = tuple(queues)
         self.table_name = table_name
         self._clock = clock
-        self._done_before: dict[tuple[str, str], tuple[float, float]] = {}  # (at, done)
+        self.rate_window = rate_window
+        # Per shard: (at, done) of recent reads, the oldest at least `rate_window` old.
+        self._done_before: dict[tuple[str, str], collections.deque[tuple[float, float]]] = {}
 
     def snapshot(self) -> MonitorSnapshot:
         mappings = read_mappings(self.dynamodb, self.table_name)
@@ -393,13 +397,16 @@ class LocalMonitor:
         counts = shard.counts
         done = counts.get(_PROCESSED, 0.0) + counts.get(_PARKED, 0.0)
         key = (mapping.mapping.key, shard.shard_id)
-        rate = None
-        if key in self._done_before:
-            before_at, before_done = self._done_before[key]
-            # A counter that shrank belongs to a table made anew: no rate from that pair.
-            if now > before_at and done >= before_done:
-                rate = (done - before_done) / (now - before_at)
-        self._done_before[key] = (now, done)
+        history = self._done_before.setdefault(key, collections.deque())
+        if history and done < history[-1][1]:
+            history.clear()  # a counter that shrank belongs to a table made anew
+        history.append((now, done))
+        # Counters move a batch at a time: measured over a few seconds, the rate does not swing
+        # between a batch and none from one read to the next.
+        while len(history) > 2 and now - history[1][0] >= self.rate_window:
+            history.popleft()
+        before_at, before_done = history[0]
+        rate = (done - before_done) / (now - before_at) if now > before_at else None
         by_reason = {
             name.removeprefix(_PARKED_BY_REASON): value
             for name, value in counts.items()

@@ -100,6 +100,25 @@ def test_records_per_second_is_the_growth_of_done_records_between_two_reads(
     assert second.totals.records_per_second == pytest.approx(30.0)
 
 
+def test_records_per_second_is_measured_over_a_few_seconds_of_reads(
+    make_store: Callable[..., DynamoDBCheckpointStore],
+    local_monitor: LocalMonitor,
+    clock: FakeClock,
+) -> None:
+    # The mapping writes its counters a batch at a time: a read every second sees 100, then 0.
+    store = make_store()
+    rates = []
+    for second in range(8):
+        if second % 2 == 0:
+            store.record_metrics("shardId-1", done(100, 0))
+        rates.append(local_monitor.snapshot().rows[0].records_per_second)
+        clock.now += 1.0
+    assert rates[0] is None
+    # Over the last 5 s of reads (local_monitor's rate_window), not between the last two.
+    assert rates[6] == pytest.approx(300 / 5)
+    assert rates[7] == pytest.approx(200 / 5)
+
+
 def test_parked_records_are_counted_by_reason(
     make_store: Callable[..., DynamoDBCheckpointStore], local_monitor: LocalMonitor
 ) -> None:
