@@ -53,7 +53,7 @@ STALL_SECONDS = 30.0
 DRAINED_AFTER_IDLE_SECONDS = 2.0
 #: After the burst, updates keep coming one a second until the mapping has been caught up this
 #: long (at most the last 2% of the updates): the chart then shows the iterator age falling.
-CAUGHT_UP_SECONDS = 5.0
+CAUGHT_UP_SECONDS = 3.0
 
 _deserialize = TypeDeserializer().deserialize
 
@@ -291,10 +291,8 @@ class Demo:
             # coalesce=False: every update reaches the stream (a queued write is never replaced).
             writer = TableWriter(stack.outputs["SourceTableName"], client=dynamodb, coalesce=False)
             snapshot: MonitorSnapshot | None = None
-            burst, trickle = (
-                updates[: len(updates) - len(updates) // 50],
-                updates[len(updates) - len(updates) // 50 :],
-            )
+            split = len(updates) - len(updates) // 50
+            burst, trickle = updates[:split], updates[split:]
             with writer:
                 for count, update in enumerate(burst, 1):
                     writer.put(update)
@@ -302,8 +300,9 @@ class Demo:
                         snapshot = self._progress(watch, writer.report, snapshot, start)
                 writer.flush()
                 trickled = self._drain(watch, writer, trickle, start, failure)
+                for update in trickle[trickled:]:  # what the trickle did not need
+                    writer.put(update)
             report = writer.report
-            updates = burst + trickle[:trickled]  # what was written, in order
             mapping.stop()
             runner.join()
             if failure:
@@ -399,5 +398,5 @@ class Demo:
             if now - moved_at > STALL_SECONDS:
                 self.say(f"the mapping made no progress for {STALL_SECONDS:.0f} s: verifying now")
                 return written
-            time.sleep(0.25)
+            time.sleep(1.0)  # each look costs moto a scan and two queue reads
         return written

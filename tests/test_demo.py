@@ -120,6 +120,7 @@ def test_a_small_demo_delivers_or_parks_every_update_and_says_so(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "lost                          0" in out
+    assert int(out.split("updates written")[1].split()[0]) == 300  # the trickle's rest included
     parked = int(out.split("parked (poison)")[1].split()[0])
     malformed = int(out.split("malformed")[1].split()[0])
     assert malformed > 0 and parked == malformed
