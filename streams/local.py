@@ -56,6 +56,7 @@ __all__ = [
     "Endpoint",
     "EventSourceSpec",
     "FunctionSpec",
+    "QueueSourceSpec",
     "RecordedEndpoint",
     "SkippedPart",
     "StackResource",
@@ -380,9 +381,22 @@ class EventSourceSpec:
 
 
 @dataclass(frozen=True)
+class QueueSourceSpec:
+    """One SQS event source mapping of a function, its values resolved by the stack.
+
+    `properties` as in `EventSourceSpec` (BatchSize, FunctionResponseTypes, ...).
+    """
+
+    logical_id: str
+    queue_arn: str
+    properties: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """What running a function locally needs. `code_uri` is absolute, or None when the code
-    is not on this machine (an S3 location, inline code)."""
+    is not on this machine (an S3 location, inline code). `event_sources` are its streams,
+    `queue_sources` its SQS queues."""
 
     logical_id: str
     code_uri: Path | None
@@ -393,6 +407,7 @@ class FunctionSpec:
     environment: dict[str, str]
     event_sources: tuple[EventSourceSpec, ...]
     function_name: str | None = None  # FunctionName when the template sets one
+    queue_sources: tuple[QueueSourceSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -865,6 +880,11 @@ def _apply(
     return "updated"
 
 
+def _is_queue_arn(arn: str) -> bool:
+    parts = arn.split(":", 5)
+    return len(parts) == 6 and parts[0] == "arn" and parts[2] == "sqs" and bool(parts[5])
+
+
 def _stack_arn_kind(arn: str) -> EventSource | None:
     parts = arn.split(":", 5)
     if len(parts) != 6:
@@ -889,23 +909,26 @@ def _read_functions(
 ) -> tuple[dict[str, FunctionSpec], list[SkippedPart]]:
     notes: list[SkippedPart] = []
     sources: dict[str, list[EventSourceSpec]] = {name: [] for name in plan.function_outputs}
+    queues: dict[str, list[QueueSourceSpec]] = {name: [] for name in plan.function_outputs}
     for logical_id, (function, output_key) in plan.mapping_outputs.items():
         if output_key not in outputs:
             continue  # its Condition is false: no such mapping
         properties: dict[str, Any] = json.loads(outputs[output_key])
         arn = str(properties.get("EventSourceArn", ""))
         kind = _stack_arn_kind(arn)
-        if kind is None:
+        if kind is not None:
+            sources[function].append(EventSourceSpec(logical_id, kind, arn, properties))
+        elif _is_queue_arn(arn):
+            queues[function].append(QueueSourceSpec(logical_id, arn, properties))
+        else:
             notes.append(
                 SkippedPart(
                     logical_id,
                     MAPPING_TYPE,
-                    f"its source {arn or '(none)'} is not a DynamoDB or Kinesis stream: "
-                    "only streams are run locally",
+                    f"its source {arn or '(none)'} is not a DynamoDB or Kinesis stream or an "
+                    "SQS queue: only those are run locally",
                 )
             )
-            continue
-        sources[function].append(EventSourceSpec(logical_id, kind, arn, properties))
 
     functions: dict[str, FunctionSpec] = {}
     for logical_id, output_key in plan.function_outputs.items():
@@ -932,6 +955,7 @@ def _read_functions(
             environment={name: _environment_value(value) for name, value in variables.items()},
             event_sources=tuple(sources[logical_id]),
             function_name=settings.get("FunctionName"),
+            queue_sources=tuple(queues[logical_id]),
         )
     return functions, notes
 

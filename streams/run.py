@@ -7,8 +7,10 @@ mapping.run(exit_when_idle=5)      # blocks; `mapping.stop()` from another threa
 ```
 
 `LocalMapping` glues the parts of `streams.mapping` together for one function of a deployed
-stack. For each of its DynamoDB and Kinesis event sources (SQS and other sources are not run,
-and are listed in `skipped`) it runs an `EventSourceMapping` in its own thread with:
+stack. For each of its DynamoDB and Kinesis event sources it runs an `EventSourceMapping` in its
+own thread, and for each of its SQS event sources a `QueuePoller` (`streams.mapping.sqs`: one
+poller, Lambda's batching and deletion rules, no state table: the queue keeps what is not
+done). Other sources are not run, and are listed in `skipped`. A stream mapping gets:
 
 - the settings of the template (`MappingSettings.from_properties`: a bad value is refused with
   one line naming the property, before anything starts);
@@ -23,6 +25,10 @@ and are listed in `skipped`) it runs an `EventSourceMapping` in its own thread w
   the function's own EMF counts (`function:RecordsProcessed`, ...), so that `streams monitor`
   needs the state table only (docs/mapping-state.md).
 
+A queue's poller shares the function's workers, and is refused when it starts, as
+CreateEventSourceMapping refuses it, for a queue whose visibility timeout is shorter than the
+function's `Timeout`.
+
 `stop()` (or Ctrl-C in `run`): the batches in flight finish and checkpoint, the leases are
 released and the workers stopped; what was not done is delivered again by the next run.
 """
@@ -36,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -46,6 +52,7 @@ from streams.local import (
     MAPPING_TYPE,
     DeployedStack,
     EventSourceSpec,
+    QueueSourceSpec,
     SkippedPart,
     local_session,
 )
@@ -69,6 +76,7 @@ from streams.mapping.checkpoints import (
     ShardState,
     function_counts,
 )
+from streams.mapping.sqs import QueuePoller, QueueSettings, check_queue, describe_queue
 from streams.mapping.workers import (
     FunctionSpec,
     Interpreter,
@@ -84,7 +92,7 @@ if TYPE_CHECKING:
     import boto3
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
-__all__ = ["LocalMapping", "StreamMapping"]
+__all__ = ["LocalMapping", "QueueMapping", "StreamMapping"]
 
 logger = logging.getLogger("streams.run")
 
@@ -105,21 +113,34 @@ class StreamMapping:
         return MappingId(self.function, self.spec.event_source_arn)
 
 
+@dataclass(frozen=True)
+class QueueMapping:
+    """One SQS event source of a function (its logical id), with its validated settings."""
+
+    function: str
+    spec: QueueSourceSpec
+    settings: QueueSettings
+
+
 class LocalMapping:
-    """Runs every stream event source of one function of `stack` (see the module docstring).
+    """Runs every stream and queue event source of one function of `stack` (see the module
+    docstring).
 
     - `function_id`: the function's logical id; needed when the template has several stream
-      functions.
+      functions, and for a function fed by queues only.
     - `region`: default the stack's.
-    - `clock` (epoch seconds) and `sleep` go to the engine and the state table: record ages,
-      batching windows, retry pauses and lease expiries follow them. `backoff` is the pause
-      before retrying a failed batch (default Lambda-like: `min(2**n, 60)` seconds).
+    - `clock` (epoch seconds) and `sleep` go to the engine, the state table and the queue
+      pollers: record ages, batching windows, retry pauses, lease expiries and a queue's
+      idleness follow them. `backoff` is the pause before retrying a failed batch of a stream
+      (default Lambda-like: `min(2**n, 60)` seconds; a queue's failed messages come back after
+      its visibility timeout instead).
     - `lease_seconds`: how long a lease lasts without a heartbeat (renewed every third of it).
-    - `on_invocation` is called after each invocation, from the shard's thread (progress, logs).
+    - `on_invocation` is called after each invocation, from the shard's (or queue's) thread
+      (progress, logs); for a queue, `Invocation.shard_id` is the queue's ARN.
     - `state_table`: the state table's name in the endpoint.
 
     Raises `UserError` (one line) for what the user can fix: no such function, a function with no
-    stream event source, a setting AWS would refuse, code that is not on this machine.
+    stream or queue event source, a setting AWS would refuse, code that is not on this machine.
     """
 
     def __init__(
@@ -139,22 +160,29 @@ class LocalMapping:
         self.endpoint_url = stack.endpoint_url
         self.region = region or stack.region
         self.function = function
-        #: The stack's event sources that `streams run` cannot run (SQS queues, ...), and why.
+        #: The stack's event sources that `streams run` cannot run (Kafka, MQ, ...), and why.
         self.skipped = _not_run(stack)
-        if not function.event_sources:
+        source_arns = [spec.event_source_arn for spec in function.event_sources] + [
+            spec.queue_arn for spec in function.queue_sources
+        ]
+        if not source_arns:
             raise UserError(
-                f"function {function.logical_id} has no DynamoDB or Kinesis stream event source: "
-                "only streams are run locally"
+                f"function {function.logical_id} has no DynamoDB or Kinesis stream or SQS queue "
+                "event source: only those are run locally"
             )
         self.streams = tuple(
             StreamMapping(function.logical_id, spec, _settings(spec))
             for spec in function.event_sources
         )
+        self.queues = tuple(
+            QueueMapping(function.logical_id, spec, _queue_settings(spec))
+            for spec in function.queue_sources
+        )
         self._session = local_session(self.region)
         self.function_spec = _worker_spec(
             function,
             region=self.region,
-            account_id=arn_account(function.event_sources[0].event_source_arn),
+            account_id=arn_account(source_arns[0]),
             endpoint_url=self.endpoint_url,
             credentials=_credentials(self._session),
         )
@@ -166,7 +194,7 @@ class LocalMapping:
         self._state_table = state_table
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._runs: list[_StreamRun] = []
+        self._runs: list[_Run] = []
         self._ran = False
 
     def stop(self) -> None:
@@ -178,12 +206,14 @@ class LocalMapping:
             run.stop()
 
     def run(self, *, exit_when_idle: float | None = None) -> None:
-        """Run the function's stream mappings until `stop()`, Ctrl-C, or an error.
+        """Run the function's stream and queue mappings until `stop()`, Ctrl-C, or an error.
 
         With `exit_when_idle`, return once every stream has had no record to deliver and
-        nothing in flight for that many seconds. An error of a mapping (a stream that cannot be
-        read, the state table, a lease another mapping took over: `LeaseLost`) stops the others
-        and is raised here, once their batches in flight are done.
+        nothing in flight, and every queue no message, for that many seconds. An error of a
+        mapping (a stream or queue that cannot be read, the state table, a lease another
+        mapping took over: `LeaseLost`) stops the others and is raised here, once their batches
+        in flight are done. A queue the function cannot be mapped to raises `UserError` before
+        anything is read.
         """
         with self._lock:
             if self._ran:
@@ -195,21 +225,24 @@ class LocalMapping:
             self.function_spec,
             resolve_interpreter(self.function_spec.runtime, self.function_spec.code_uri),
         )
-        done: queue.Queue[_StreamRun] = queue.Queue()
+        done: queue.Queue[_Run] = queue.Queue()
         threads: list[threading.Thread] = []
         try:
             # Clients are made here: a boto3 session is not thread-safe.
             dynamodb: DynamoDBClient = self._session.client(
                 "dynamodb", endpoint_url=self.endpoint_url, config=_CLIENT_CONFIG
             )
-            runs = [self._prepare(stream, workers, dynamodb, done) for stream in self.streams]
+            runs: list[_Run] = [
+                *(self._prepare(stream, workers, dynamodb, done) for stream in self.streams),
+                *(self._prepare_queue(mapping, workers, done) for mapping in self.queues),
+            ]
             with self._lock:
                 self._runs = runs
             threads = [
                 threading.Thread(
                     target=run.run,
                     args=(exit_when_idle,),
-                    name=f"mapping-{run.stream.spec.logical_id}",
+                    name=f"mapping-{run.name}",
                     daemon=True,
                 )
                 for run in runs
@@ -236,7 +269,7 @@ class LocalMapping:
         stream: StreamMapping,
         workers: _FunctionWorkers,
         dynamodb: DynamoDBClient,
-        done: queue.Queue[_StreamRun],
+        done: queue.Queue[_Run],
     ) -> _StreamRun:
         """One stream's state table store and engine; nothing is read before the lease."""
         store = DynamoDBCheckpointStore(
@@ -268,6 +301,34 @@ class LocalMapping:
         )
         return _StreamRun(stream, store, engine, stopping=self._stopping, done=done)
 
+    def _prepare_queue(
+        self, mapping: QueueMapping, workers: _FunctionWorkers, done: queue.Queue[_Run]
+    ) -> _QueueRun:
+        """One queue's poller, once the queue is found and suits the function."""
+        arn = mapping.spec.queue_arn
+        sqs = self._session.client(
+            "sqs",
+            region_name=arn_region(arn),
+            endpoint_url=self.endpoint_url,
+            config=_CLIENT_CONFIG,
+        )
+        try:
+            found = describe_queue(arn, sqs)
+            check_queue(mapping.settings, found, self.function_spec.timeout)
+        except UserError as error:
+            raise UserError(f"{mapping.spec.logical_id}: {error}") from None
+        poller = QueuePoller(
+            mapping.settings,
+            found,
+            workers,
+            sqs=sqs,
+            function_timeout=self.function_spec.timeout,
+            clock=self._clock,
+            sleep=self._sleep,
+            on_invocation=self._on_invocation,
+        )
+        return _QueueRun(mapping, poller, done=done)
+
     def _observer(self, figures: _ShardFigures) -> Callable[[Invocation], None]:
         def observe(invocation: Invocation) -> None:
             figures.invoked(invocation)
@@ -282,9 +343,15 @@ class LocalMapping:
 
 def _not_run(stack: DeployedStack) -> tuple[SkippedPart, ...]:
     # Every mapping is left out of moto's stack; the reason that counts here is the last one
-    # given for it (a source that is not a stream, a function that cannot run locally).
+    # given for it (a source that is neither a stream nor a queue, a function that cannot run
+    # locally).
     runnable = {
-        source.logical_id for spec in stack.functions.values() for source in spec.event_sources
+        logical_id
+        for spec in stack.functions.values()
+        for logical_id in (
+            *(source.logical_id for source in spec.event_sources),
+            *(source.logical_id for source in spec.queue_sources),
+        )
     }
     reasons = {part.name: part for part in stack.skipped if part.kind == MAPPING_TYPE}
     return tuple(part for name, part in reasons.items() if name not in runnable)
@@ -293,6 +360,13 @@ def _not_run(stack: DeployedStack) -> tuple[SkippedPart, ...]:
 def _settings(spec: EventSourceSpec) -> MappingSettings:
     try:
         return MappingSettings.from_properties(spec.properties, spec.event_source)
+    except UserError as error:
+        raise UserError(f"{spec.logical_id}: {error}") from None
+
+
+def _queue_settings(spec: QueueSourceSpec) -> QueueSettings:
+    try:
+        return QueueSettings.from_properties(spec.properties)
     except UserError as error:
         raise UserError(f"{spec.logical_id}: {error}") from None
 
@@ -525,11 +599,50 @@ class _ReportingCheckpoints:
             self._figures.state(shard_id, "finished")
 
 
-# --- one stream's run: lease, heartbeat, engine -------------------------------------------
+# --- one event source's run, in its own thread --------------------------------------------
+
+
+class _Run(Protocol):
+    """One event source's mapping as `LocalMapping.run` drives it from a thread: `run` puts the
+    run on the `done` queue when it returns, with `error` set if it failed."""
+
+    error: BaseException | None
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, exit_when_idle: float | None) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _QueueRun:
+    """One queue's poller. No lease: pollers of one queue share it, as AWS's do."""
+
+    def __init__(self, mapping: QueueMapping, poller: QueuePoller, *, done: queue.Queue[_Run]):
+        self.mapping = mapping
+        self.error: BaseException | None = None
+        self._poller = poller
+        self._done = done
+
+    @property
+    def name(self) -> str:
+        return self.mapping.spec.logical_id
+
+    def stop(self) -> None:
+        self._poller.stop()
+
+    def run(self, exit_when_idle: float | None) -> None:
+        try:
+            self._poller.run(exit_when_idle=exit_when_idle)
+        except BaseException as error:  # raised by LocalMapping.run, in the caller's thread
+            self.error = error
+        finally:
+            self._done.put(self)
 
 
 class _StreamRun:
-    """One event source mapping, in its own thread: wait for the lease, run, release."""
+    """One stream's event source mapping: wait for the lease, run, release."""
 
     def __init__(
         self,
@@ -538,7 +651,7 @@ class _StreamRun:
         engine: EventSourceMapping,
         *,
         stopping: threading.Event,
-        done: queue.Queue[_StreamRun],
+        done: queue.Queue[_Run],
     ) -> None:
         self.stream = stream
         self.error: BaseException | None = None
@@ -546,6 +659,10 @@ class _StreamRun:
         self._engine = engine
         self._stopping = stopping
         self._done = done
+
+    @property
+    def name(self) -> str:
+        return self.stream.spec.logical_id
 
     def stop(self) -> None:
         self._engine.stop()

@@ -42,9 +42,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the template's function on its streams, with Lambda's rules, locally",
         description="Deploy the template into the local endpoint (AWS_ENDPOINT_URL, else the one "
         "`streams local up` recorded in this directory) and feed its function from its DynamoDB "
-        "and Kinesis streams as Lambda's event source mapping does, until Ctrl-C. Checkpoints, "
-        "the lease and per-shard metrics live in the endpoint's state table, where a restart "
-        "and `streams monitor` find them.",
+        "and Kinesis streams and SQS queues as Lambda's event source mapping does, until Ctrl-C. "
+        "Checkpoints, the lease and per-shard metrics live in the endpoint's state table, where "
+        "a restart and `streams monitor` find them.",
     )
     run.add_argument(
         "--template", default=str(DEFAULT_TEMPLATE), help=f"SAM template ({DEFAULT_TEMPLATE})"
@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument(
         "--function",
         metavar="LOGICAL_ID",
-        help="the function to run (needed when the template has several stream functions)",
+        help="the function to run (needed when the template has several stream functions, "
+        "and for a function fed by SQS queues only)",
     )
     run.add_argument(
         "--exit-when-idle",
@@ -137,6 +138,16 @@ def _describe(mapping: LocalMapping, exit_when_idle: float | None, out: TextIO) 
             f"  {stream.spec.logical_id}: {stream.spec.event_source_arn} (BatchSize "
             f"{settings.batch_size}, ParallelizationFactor {settings.parallelization_factor}, "
             f"StartingPosition {settings.starting_position})",
+            file=out,
+        )
+    for queue in mapping.queues:
+        response_types = (
+            ", ReportBatchItemFailures" if queue.settings.report_batch_item_failures else ""
+        )
+        print(
+            f"  {queue.spec.logical_id}: {queue.spec.queue_arn} (BatchSize "
+            f"{queue.settings.batch_size}, MaximumBatchingWindowInSeconds "
+            f"{queue.settings.maximum_batching_window_in_seconds}{response_types})",
             file=out,
         )
     for part in mapping.skipped:

@@ -111,7 +111,10 @@ def test_what_is_left_out_is_listed_with_the_reason(sam_app: DeployedStack) -> N
     # Outputs and variables that name a left-out resource cannot be resolved locally.
     assert "ChangesFunction" in reasons["ChangesFunctionName"]
     assert "ChangesErrors" in reasons["ChangesFunction.Environment.Variables.ALARM_NAME"]
-    assert "not a DynamoDB or Kinesis stream" in reasons["ChangesFunctionWork"]
+    # An SQS event source is kept for `streams run`, like a stream's mapping.
+    assert "streams run" in reasons["ChangesFunctionWork"]
+    (work,) = sam_app.functions["ChangesFunction"].queue_sources
+    assert (work.logical_id, work.queue_arn.split(":")[2]) == ("ChangesFunctionWork", "sqs")
 
 
 def test_outputs_are_the_templates_own(sam_app: DeployedStack) -> None:

@@ -17,6 +17,7 @@ from streams.errors import UserError
 from streams.local import DeployedStack, deploy_template
 from streams.mapping import Invocation, RetryBackoff
 from streams.mapping.checkpoints import DynamoDBCheckpointStore, MappingId
+from streams.mapping.sqs import QueueSettings
 from streams.mapping.workers import WorkerFunctionError
 from streams.run import LocalMapping
 from tests.conftest import REGION
@@ -131,20 +132,24 @@ def test_the_state_table_shows_each_shards_state_outcome_and_the_functions_own_c
     assert snapshot.lease.expires_at == 0  # released on the clean stop
 
 
-def test_event_sources_that_are_not_streams_are_not_run_and_say_why(
+def test_the_hydrate_functions_sqs_event_source_is_run_with_the_templates_settings(
     projection: Projection,
 ) -> None:
-    skipped = {part.name: part.reason for part in projection.mapping.skipped}
+    on_failure_arn = projection.session.client("sqs").get_queue_attributes(
+        QueueUrl=projection.stack.outputs["OnFailureQueueUrl"], AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
 
-    with pytest.raises(UserError) as refused:
-        LocalMapping(projection.stack, "HydrateFunction")
+    hydrate = LocalMapping(projection.stack, "HydrateFunction")
 
-    assert "is not a DynamoDB or Kinesis stream" in skipped["HydrateFunctionOnFailure"]
-    assert "ProcessorFunctionStream" not in skipped
-    assert str(refused.value) == (
-        "function HydrateFunction has no DynamoDB or Kinesis stream event source: "
-        "only streams are run locally"
+    (queue,) = hydrate.queues
+    assert (queue.spec.logical_id, queue.spec.queue_arn) == (
+        "HydrateFunctionOnFailure",
+        on_failure_arn,
     )
+    assert queue.settings == QueueSettings(batch_size=10, report_batch_item_failures=True)
+    assert hydrate.streams == ()
+    assert projection.mapping.queues == ()  # ProcessorFunction's own sources: its stream only
+    assert hydrate.skipped == projection.mapping.skipped == ()
 
 
 # --- shard states on a Kinesis stream -----------------------------------------------------

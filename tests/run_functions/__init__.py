@@ -20,6 +20,8 @@ from streams.run import LocalMapping
 HERE = Path(__file__).parent
 TEMPLATE = HERE / "stream-function.yaml"
 KINESIS_TEMPLATE = HERE / "kinesis-function.yaml"
+#: template.yaml's table, queues and HydrateFunction, with a ProcessorFunction that always fails.
+HYDRATE_TEMPLATE = HERE / "hydrate-template.yaml"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ what else it does, once: the first invocation that meets the condition writes `O
 - `exit-once`: the first invocation ends its process with `os._exit(1)`.
 
 `handle_kinesis` records Kinesis records the same way (their partition key as `pk`).
+
+`record_and_fail` writes each event's records to `RECORD_FILE` (one JSON line per invocation:
+`{"records": [...]}`, exactly as delivered), then raises: every invocation is a function error.
 """
 
 from __future__ import annotations
@@ -77,3 +80,13 @@ def handle_kinesis(event: dict[str, Any], context: Any) -> None:
                     kinesis["partitionKey"], kinesis["sequenceNumber"], context.aws_request_id
                 )
             )
+
+
+class Unavailable(RuntimeError):
+    """The failure `record_and_fail` raises on every invocation."""
+
+
+def record_and_fail(event: dict[str, Any], context: Any) -> None:
+    with Path(os.environ["RECORD_FILE"]).open("a") as log:
+        log.write(json.dumps({"records": event["Records"]}) + "\n")
+    raise Unavailable(f"downstream unavailable ({len(event['Records'])} records)")
