@@ -2,7 +2,7 @@
 
 It starts the embedded endpoint, creates template.yaml's resources, runs the processor function
 with Lambda's rules (the local mapping), writes a burst of naughty-and-nice updates through
-`TableWriter` (the last 2% trickle in one a second while the mapping works off the burst, so the
+`TableWriter` (the last 2% trickle in slowly while the mapping works off the burst, so the
 iterator age is seen to fall once the backlog is gone), shows live progress, and then checks the
 result from the outputs alone: a scan of the delivery table and a read of the dead-letter queue,
 never the run's own counters.
@@ -51,9 +51,11 @@ FUNCTION = "ProcessorFunction"
 STALL_SECONDS = 30.0
 #: The stream counts as drained when the mapping has read nothing new for this long.
 DRAINED_AFTER_IDLE_SECONDS = 2.0
-#: After the burst, updates keep coming one a second until the mapping has been caught up this
-#: long (at most the last 2% of the updates): the chart then shows the iterator age falling.
-CAUGHT_UP_SECONDS = 3.0
+#: After the burst, updates keep coming, one every TRICKLE_SECONDS, until the mapping has been
+#: caught up for CAUGHT_UP_SECONDS (at most the last 2% of the updates): the chart then shows the
+#: iterator age falling.
+CAUGHT_UP_SECONDS = 4.0
+TRICKLE_SECONDS = 2.5
 
 _deserialize = TypeDeserializer().deserialize
 
@@ -367,25 +369,23 @@ class Demo:
         start: float,
         failure: list[BaseException],
     ) -> int:
-        """Trickle updates in, one a second, while the mapping works off the burst; return once
-        it has handled every record written and has been caught up for a few seconds (or makes
-        no progress). Returns how many trickle updates were written; the caller writes the rest.
+        """Trickle updates in, one every TRICKLE_SECONDS, while the mapping works off the burst;
+        return once it has handled every record written and has been caught up for a few
+        seconds (or makes no progress). Returns how many trickle updates were written; the
+        caller writes the rest.
 
         The trickle is what shows the iterator age falling once the backlog is gone: records
-        written after the mapping caught up are delivered within a second or so.
+        written after the mapping caught up are delivered within a second or two. A trickle
+        record is written only after a look, so that between two of them there is time for the
+        mapping to be seen caught up.
         """
         snapshot: MonitorSnapshot | None = None
         done, moved_at = -1.0, time.monotonic()
         caught_up_at: float | None = None
         written = 0
-        last_trickle = 0.0
+        last_trickle = time.monotonic()
         while not failure:
             now = time.monotonic()
-            keep_trickling = caught_up_at is None or now - caught_up_at < CAUGHT_UP_SECONDS
-            if written < len(trickle) and keep_trickling and now - last_trickle >= 1.0:
-                writer.put(trickle[written])
-                writer.flush()
-                written, last_trickle = written + 1, now
             snapshot = self._progress(watch, writer.report, snapshot, start)
             totals = snapshot.totals if snapshot is not None else None
             now_done = ((totals.processed or 0) + (totals.parked or 0)) if totals else 0
@@ -398,5 +398,9 @@ class Demo:
             if now - moved_at > STALL_SECONDS:
                 self.say(f"the mapping made no progress for {STALL_SECONDS:.0f} s: verifying now")
                 return written
+            if written < len(trickle) and now - last_trickle >= TRICKLE_SECONDS:
+                writer.put(trickle[written])
+                writer.flush()
+                written, last_trickle = written + 1, now
             time.sleep(1.0)  # each look costs moto a scan and two queue reads
         return written
