@@ -212,22 +212,31 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _create(args: argparse.Namespace) -> int:
-    messages = sys.stderr if args.json else sys.stdout
+NO_LOCAL_ENDPOINT = (
+    "no local endpoint: start `streams local up` in this directory, or set AWS_ENDPOINT_URL to one"
+)
+
+
+def deploy_to_local_endpoint(
+    args: argparse.Namespace, *, messages: TextIO, refusal: str = NO_LOCAL_ENDPOINT
+) -> DeployedStack:
+    """Deploy `args.template` (with --stack-name, --parameter-overrides, --region) into the
+    current endpoint, saying which; `refusal` when that is AWS itself."""
     overrides = parse_parameter_overrides(args.parameter_overrides)
     endpoint = current_endpoint()
     if endpoint.url is None:
-        raise UserError(
-            "no local endpoint: start `streams local up` in this directory, "
-            "or set AWS_ENDPOINT_URL to one"
-        )
+        raise UserError(refusal)
     print(f"streams: {endpoint.describe()}", file=messages, flush=True)
-    stack = deploy_template(
+    return deploy_template(
         args.template,
         endpoint_url=endpoint.url,
         stack_name=args.stack_name or endpoint.stack_name,
         parameter_overrides=overrides,
         region=args.region or endpoint.region,
     )
+
+
+def _create(args: argparse.Namespace) -> int:
+    stack = deploy_to_local_endpoint(args, messages=sys.stderr if args.json else sys.stdout)
     _report(stack, args.json)
     return 0

@@ -24,10 +24,8 @@ from typing import TextIO
 from streams.errors import UserError
 from streams.local import (
     DEFAULT_TEMPLATE,
-    current_endpoint,
-    deploy_template,
-    parse_parameter_overrides,
 )
+from streams.local_command import deploy_to_local_endpoint
 from streams.mapping import Invocation
 from streams.mapping.checkpoints import LeaseLost
 from streams.run import LocalMapping
@@ -93,21 +91,12 @@ def _seconds(text: str) -> float:
 
 def _run(args: argparse.Namespace) -> int:
     out = sys.stdout
-    overrides = parse_parameter_overrides(args.parameter_overrides)
-    endpoint = current_endpoint()
-    if endpoint.url is None:
-        raise UserError(
-            "no local endpoint: streams run feeds the function from a local endpoint only (on AWS, "
-            "Lambda runs the mapping: sam deploy); start `streams local up` in this directory, "
-            "or set AWS_ENDPOINT_URL to one"
-        )
-    print(f"streams: {endpoint.describe()}", file=out, flush=True)
-    stack = deploy_template(
-        args.template,
-        endpoint_url=endpoint.url,
-        stack_name=args.stack_name or endpoint.stack_name,
-        parameter_overrides=overrides,
-        region=args.region or endpoint.region,
+    stack = deploy_to_local_endpoint(
+        args,
+        messages=out,
+        refusal="no local endpoint: streams run feeds the function from a local endpoint only "
+        "(on AWS, Lambda runs the mapping: sam deploy); start `streams local up` in this "
+        "directory, or set AWS_ENDPOINT_URL to one",
     )
     print(f"stack {stack.stack_name}: {stack.status} from {stack.template}", file=out)
     summary = Summary(out, verbose=args.verbose)
