@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import boto3
 
@@ -22,6 +22,7 @@ from streams.mapping.shapes import RecordShape, iso_millis
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
 
 __all__ = [
@@ -144,14 +145,10 @@ class SqsDestination:
         self._client.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(record.body))
 
 
-class _SnsPublisher(Protocol):
-    def publish(self, *, TopicArn: str, Message: str) -> object: ...
-
-
 class SnsDestination:
     """An SNS topic: the record is the notification's message."""
 
-    def __init__(self, arn: str, client: _SnsPublisher) -> None:
+    def __init__(self, arn: str, client: SNSClient) -> None:
         self.arn = arn
         self._client = client
 
@@ -202,9 +199,9 @@ def open_destination(
             arn, session.client("sqs", region_name=region, endpoint_url=endpoint_url)
         )
     if service == "sns":
-        # boto3-stubs here has no SNS types; the publisher protocol states the call we make.
-        sns = session.client("sns", region_name=region, endpoint_url=endpoint_url)
-        return SnsDestination(arn, cast(_SnsPublisher, sns))
+        return SnsDestination(
+            arn, session.client("sns", region_name=region, endpoint_url=endpoint_url)
+        )
     if service == "s3":
         s3 = session.client("s3", endpoint_url=endpoint_url)
         return S3Destination(arn, s3, mapping_id=mapping_id)
