@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from botocore.exceptions import NoCredentialsError
+
 from streams.errors import UserError
 
 # A sub-command module exposes `register(subparsers)`, which adds its parser and sets
@@ -61,6 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except UserError as error:
         print(f"streams: error: {error}", file=sys.stderr)
+        return 2
+    except NoCredentialsError:
+        print(
+            "streams: error: no AWS credentials: configure them (aws configure, AWS_PROFILE), "
+            "or work locally (`streams local up`, or AWS_ENDPOINT_URL)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("streams: interrupted", file=sys.stderr)

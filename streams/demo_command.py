@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the whole thing on this machine: burst, processing, verified summary",
         description="Starts the embedded AWS endpoint, creates template.yaml's resources, runs "
         "the processor function with Lambda's rules, writes a burst of naughty-and-nice "
-        "updates (about 1%% malformed) through TableWriter, and verifies the result from the "
+        "updates (about 1% malformed) through TableWriter, and verifies the result from the "
         "delivery table and the dead-letter queue alone. Exit code 0 only if nothing was lost. "
         "While it runs, `streams monitor` in another terminal shows the shards.",
     )

@@ -9,7 +9,6 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore.exceptions import ClientError
 
 from streams.deadletter import SqsDeadLetterQueue
@@ -104,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _clients(endpoint: Endpoint) -> tuple[SQSClient, S3Client]:
-    session = boto3.Session(region_name=endpoint.region)
+    session = endpoint.session()
     return (
         session.client("sqs", endpoint_url=endpoint.url),
         session.client("s3", endpoint_url=endpoint.url),
@@ -114,8 +113,7 @@ def _clients(endpoint: Endpoint) -> tuple[SQSClient, S3Client]:
 def _stack_output(endpoint: Endpoint, name: str) -> str | None:
     if endpoint.stack_name is None:
         return None
-    session = boto3.Session(region_name=endpoint.region)
-    cloudformation = session.client("cloudformation", endpoint_url=endpoint.url)
+    cloudformation = endpoint.session().client("cloudformation", endpoint_url=endpoint.url)
     try:
         stacks = cloudformation.describe_stacks(StackName=endpoint.stack_name)["Stacks"]
     except ClientError:
@@ -237,7 +235,7 @@ def _hydrate(args: argparse.Namespace) -> int:
     if not source_url:
         raise UserError("no on-failure queue: pass --from-queue URL (or run `streams local up`)")
     print(f"on-failure queue: {source_url}", file=sys.stderr)
-    session = boto3.Session(region_name=endpoint.region)
+    session = endpoint.session()
     hydrator = Hydrator(
         SqsDeadLetterQueue(reader.queue_url, sqs=reader.sqs, s3=reader.s3),
         dynamodbstreams=session.client("dynamodbstreams", endpoint_url=endpoint.url),

@@ -340,6 +340,13 @@ class Endpoint:
     def is_local(self) -> bool:
         return self.url is not None
 
+    def session(self) -> boto3.Session:
+        """A session for this endpoint: moto's test credentials for a local one (a fresh
+        machine has none of its own), the AWS credentials chain otherwise."""
+        if self.is_local:
+            return local_session(self.region)
+        return boto3.Session(region_name=self.region)
+
     def describe(self) -> str:
         if self.url is None:
             return f"endpoint: AWS, region {self.region} (credentials from the AWS chain)"

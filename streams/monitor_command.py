@@ -10,11 +10,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
-import boto3
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from streams.errors import UserError
-from streams.local import DEFAULT_STACK_NAME, Endpoint, current_endpoint, local_session
+from streams.local import DEFAULT_STACK_NAME, Endpoint, current_endpoint
 from streams.mapping.checkpoints import DEFAULT_TABLE_NAME, read_mappings
 from streams.monitor import (
     DEAD_LETTER,
@@ -157,15 +156,6 @@ def _monitor(args: argparse.Namespace) -> int:
         return run(args, monitor, title=title, console=Console())
 
 
-def _session(endpoint: Endpoint) -> boto3.Session:
-    # A local endpoint takes moto's test credentials; a fresh machine has none of its own.
-    return (
-        local_session(endpoint.region)
-        if endpoint.is_local
-        else boto3.Session(region_name=endpoint.region)
-    )
-
-
 def _explicit_queues(args: argparse.Namespace) -> list[QueueRef]:
     queues = []
     if args.dead_letter_queue_url:
@@ -181,7 +171,7 @@ def _local_monitor(args: argparse.Namespace, endpoint: Endpoint) -> tuple[Monito
             "no local endpoint recorded here: run `streams local up` (or `streams demo`) in "
             "this directory, set AWS_ENDPOINT_URL, or pass --function NAME for a deployed function"
         )
-    session = _session(endpoint)
+    session = endpoint.session()
     dynamodb = session.client("dynamodb", endpoint_url=endpoint.url)
     if not read_mappings(dynamodb, args.state_table):
         raise UserError(
@@ -210,7 +200,7 @@ def _local_monitor(args: argparse.Namespace, endpoint: Endpoint) -> tuple[Monito
 
 
 def _cloudwatch_monitor(args: argparse.Namespace, endpoint: Endpoint) -> tuple[Monitor, str]:
-    session = _session(endpoint)
+    session = endpoint.session()
     queues = _explicit_queues(args)
     monitor = CloudWatchMonitor(
         args.functions,

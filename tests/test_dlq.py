@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -14,6 +16,7 @@ from aws_lambda_powertools import Logger
 from streams import Poison, SqsDeadLetterQueue, StreamProcessor
 from streams.cli import main
 from streams.dlq import DeadLetterQueueReader, redrive
+from streams.local import RecordedEndpoint, record_endpoint
 from tests import dlq_handlers
 from tests.factories import FakeClock, dynamodb_record
 
@@ -189,3 +192,30 @@ def test_user_errors_are_one_line_and_non_zero(
     missing = queue + "-missing"
     assert main(["dlq", "list", "--queue-url", missing]) == 2
     assert "no such queue" in capsys.readouterr().err
+
+
+def test_the_endpoint_streams_local_up_recorded_is_used_with_its_own_credentials(
+    queue: str,
+    moto_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As in a second terminal on a fresh machine: no AWS_ENDPOINT_URL, no credentials of its own.
+    park(queue, [dynamodb_record(1)])
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    record_endpoint(RecordedEndpoint(moto_endpoint, "us-east-1", None, None, os.getpid()))
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert main(["dlq", "list", "--queue-url", queue, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "from .streams/local.json" in captured.err
+    assert len(captured.out.splitlines()) == 1
