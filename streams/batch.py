@@ -33,6 +33,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from streams.backoff import full_jitter
 from streams.deadletter import (
     SQS_BATCH_ENTRIES,
     DeadLetter,
@@ -111,7 +112,7 @@ class RetryPolicy:
             raise ValueError("RetryPolicy values must not be negative")
 
     def delay(self, retry: int, rand: Callable[[], float]) -> float:
-        return rand() * min(self.base_delay * 2.0**retry, self.max_delay)
+        return full_jitter(retry, self.base_delay, self.max_delay, rand)
 
 
 class TransientErrors:

@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol, TextIO
 from amazon_kclpy import kcl as _kcl  # type: ignore[import-untyped]
 from amazon_kclpy.v3 import processor as _v3  # type: ignore[import-untyped]
 
+from streams.backoff import full_jitter
 from streams.batch import StreamProcessor
 from streams.kpl import deaggregate, may_be_aggregate
 from streams.records import KinesisRecord, StreamRecord
@@ -129,7 +130,7 @@ class Backoff:
             raise ValueError("Backoff delays must not be negative")
 
     def delay(self, retry: int, rand: Callable[[], float]) -> float:
-        return rand() * min(self.base_delay * 2.0**retry, self.max_delay)
+        return full_jitter(retry, self.base_delay, self.max_delay, rand)
 
 
 @dataclass(frozen=True)

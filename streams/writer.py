@@ -49,6 +49,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
+from streams.backoff import full_jitter
 from streams.errors import UserError
 
 if TYPE_CHECKING:
@@ -161,8 +162,7 @@ class Backoff:
     cap: float = 20.0
 
     def delay(self, attempt: int, random: Callable[[], float]) -> float:
-        # The exponent is bounded so that a very long run of refusals cannot overflow a float.
-        return random() * min(self.cap, self.base * 2.0 ** min(attempt - 1, 64))
+        return full_jitter(attempt - 1, self.base, self.cap, random)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import random as _random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from streams.backoff import full_jitter
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -26,6 +28,4 @@ class Backoff:
             raise ValueError(f"need 0 < base <= cap, got base={self.base}, cap={self.cap}")
 
     def delay(self, attempt: int) -> float:
-        # min() before the power would overflow for long throttling streaks.
-        exponent = min(attempt, 62)
-        return self.random() * min(self.base * 2.0**exponent, self.cap)
+        return full_jitter(attempt, self.base, self.cap, self.random)
