@@ -44,14 +44,14 @@ _OTHER_SOURCES: Final = frozenset(
 )
 
 
-def _refuse(name: str, problem: str) -> UserError:
+def refuse(name: str, problem: str) -> UserError:
     return UserError(f"event source mapping property {name}: {problem}")
 
 
-def _integer(properties: Mapping[str, Any], name: str, default: int) -> int:
+def read_integer(properties: Mapping[str, Any], name: str, default: int) -> int:
     value = properties.get(name, default)
     if isinstance(value, bool):
-        raise _refuse(name, f"expected a whole number, got {value!r}")
+        raise refuse(name, f"expected a whole number, got {value!r}")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
@@ -59,22 +59,22 @@ def _integer(properties: Mapping[str, Any], name: str, default: int) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise _refuse(name, f"expected a whole number, got {value!r}")
+    raise refuse(name, f"expected a whole number, got {value!r}")
 
 
-def _boolean(properties: Mapping[str, Any], name: str, default: bool) -> bool:
+def read_boolean(properties: Mapping[str, Any], name: str, default: bool) -> bool:
     value = properties.get(name, default)
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise _refuse(name, f"expected true or false, got {value!r}")
+    raise refuse(name, f"expected true or false, got {value!r}")
 
 
 def _object(properties: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = properties.get(name) or {}
     if not isinstance(value, Mapping):
-        raise _refuse(name, f"expected an object, got {value!r}")
+        raise refuse(name, f"expected an object, got {value!r}")
     return value
 
 
@@ -82,7 +82,7 @@ def _list(value: object, name: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise _refuse(name, f"expected a list, got {value!r}")
+        raise refuse(name, f"expected a list, got {value!r}")
     return value
 
 
@@ -90,21 +90,21 @@ def _on_failure_destination(properties: Mapping[str, Any]) -> str | None:
     config = _object(properties, "DestinationConfig")
     for key in config:
         if key != "OnFailure":
-            raise _refuse(
+            raise refuse(
                 f"DestinationConfig.{key}",
                 "stream event sources only have an OnFailure destination",
             )
     on_failure = config.get("OnFailure") or {}
     if not isinstance(on_failure, Mapping):
-        raise _refuse("DestinationConfig.OnFailure", f"expected an object, got {on_failure!r}")
+        raise refuse("DestinationConfig.OnFailure", f"expected an object, got {on_failure!r}")
     for key in on_failure:
         if key != "Destination":
-            raise _refuse(f"DestinationConfig.OnFailure.{key}", "unknown property")
+            raise refuse(f"DestinationConfig.OnFailure.{key}", "unknown property")
     destination = on_failure.get("Destination")
     if destination is None:
         return None
     if not isinstance(destination, str):
-        raise _refuse("DestinationConfig.OnFailure.Destination", f"not an ARN: {destination!r}")
+        raise refuse("DestinationConfig.OnFailure.Destination", f"not an ARN: {destination!r}")
     return destination
 
 
@@ -112,10 +112,10 @@ def _filters(properties: Mapping[str, Any]) -> tuple[FilterPattern, ...]:
     criteria = _object(properties, "FilterCriteria")
     for key in criteria:
         if key != "Filters":
-            raise _refuse(f"FilterCriteria.{key}", "unknown property")
+            raise refuse(f"FilterCriteria.{key}", "unknown property")
     filters = _list(criteria.get("Filters"), "FilterCriteria.Filters")
     if len(filters) > MAX_FILTERS:
-        raise _refuse(
+        raise refuse(
             "FilterCriteria.Filters",
             f"{len(filters)} filters, more than Lambda's quota of {MAX_FILTERS} per mapping",
         )
@@ -123,19 +123,19 @@ def _filters(properties: Mapping[str, Any]) -> tuple[FilterPattern, ...]:
     for index, item in enumerate(filters):
         name = f"FilterCriteria.Filters[{index}].Pattern"
         if not isinstance(item, Mapping) or not isinstance(item.get("Pattern"), str):
-            raise _refuse(name, "expected a filter pattern as a JSON string")
+            raise refuse(name, "expected a filter pattern as a JSON string")
         try:
             patterns.append(FilterPattern(item["Pattern"]))
         except InvalidFilterPattern as error:
-            raise _refuse(name, str(error)) from None
+            raise refuse(name, str(error)) from None
     return tuple(patterns)
 
 
-def _response_types(properties: Mapping[str, Any]) -> bool:
+def read_response_types(properties: Mapping[str, Any]) -> bool:
     types = _list(properties.get("FunctionResponseTypes"), "FunctionResponseTypes")
     for value in types:
         if value != "ReportBatchItemFailures":
-            raise _refuse(
+            raise refuse(
                 "FunctionResponseTypes",
                 f"{value!r} is not a response type (ReportBatchItemFailures)",
             )
@@ -146,11 +146,11 @@ def _event_count_metrics(properties: Mapping[str, Any]) -> bool:
     config = _object(properties, "MetricsConfig")
     for key in config:
         if key != "Metrics":
-            raise _refuse(f"MetricsConfig.{key}", "unknown property")
+            raise refuse(f"MetricsConfig.{key}", "unknown property")
     metrics = _list(config.get("Metrics"), "MetricsConfig.Metrics")
     for value in metrics:
         if value != "EventCount":
-            raise _refuse(
+            raise refuse(
                 "MetricsConfig.Metrics", f"{value!r} is not supported here (only EventCount)"
             )
     return bool(metrics)
@@ -191,13 +191,13 @@ class MappingSettings:
         self._check_range("MaximumRetryAttempts", self.maximum_retry_attempts, -1, 10_000)
         age = self.maximum_record_age_in_seconds
         if age != -1 and not 60 <= age <= 604_800:
-            raise _refuse(
+            raise refuse(
                 "MaximumRecordAgeInSeconds", f"must be -1 or between 60 and 604800, got {age}"
             )
         self._check_range("ParallelizationFactor", self.parallelization_factor, 1, 10)
         self._check_range("TumblingWindowInSeconds", self.tumbling_window_in_seconds, 0, 900)
         if len(self.filters) > MAX_FILTERS:
-            raise _refuse("FilterCriteria.Filters", f"more than {MAX_FILTERS} filters")
+            raise refuse("FilterCriteria.Filters", f"more than {MAX_FILTERS} filters")
         if self.on_failure_destination is not None:
             self._check_destination(self.on_failure_destination)
 
@@ -206,27 +206,27 @@ class MappingSettings:
         if self.event_source == "aws:kinesis":
             allowed = (*allowed, "AT_TIMESTAMP")
         if self.starting_position not in allowed:
-            raise _refuse(
+            raise refuse(
                 "StartingPosition",
                 f"{self.starting_position!r} is not valid for {self.event_source} "
                 f"(use {' or '.join(allowed)})",
             )
         at_timestamp = self.starting_position == "AT_TIMESTAMP"
         if at_timestamp and self.starting_position_timestamp is None:
-            raise _refuse("StartingPositionTimestamp", "required with AT_TIMESTAMP")
+            raise refuse("StartingPositionTimestamp", "required with AT_TIMESTAMP")
         if not at_timestamp and self.starting_position_timestamp is not None:
-            raise _refuse("StartingPositionTimestamp", "only valid with AT_TIMESTAMP")
+            raise refuse("StartingPositionTimestamp", "only valid with AT_TIMESTAMP")
 
     @staticmethod
     def _check_range(name: str, value: int, low: int, high: int) -> None:
         if not low <= value <= high:
-            raise _refuse(name, f"must be between {low} and {high}, got {value}")
+            raise refuse(name, f"must be between {low} and {high}, got {value}")
 
     @staticmethod
     def _check_destination(arn: str) -> None:
         parts = arn.split(":", 5)
         if len(parts) != 6 or parts[0] != "arn" or parts[2] not in DESTINATION_SERVICES:
-            raise _refuse(
+            raise refuse(
                 "DestinationConfig.OnFailure.Destination",
                 f"{arn!r} is not the ARN of an SQS queue, an SNS topic or an S3 bucket",
             )
@@ -241,36 +241,36 @@ class MappingSettings:
         """
         for name in properties:
             if name in _OTHER_SOURCES:
-                raise _refuse(name, f"not valid for {event_source} event sources")
+                raise refuse(name, f"not valid for {event_source} event sources")
         known = {*_NOT_USED_LOCALLY, *_PROPERTY_NAMES}
         for name in properties:
             if name not in known:
-                raise _refuse(name, "unknown property")
+                raise refuse(name, "unknown property")
         position = properties.get("StartingPosition")
         if position is None:
-            raise _refuse("StartingPosition", "required for a stream event source")
+            raise refuse("StartingPosition", "required for a stream event source")
         timestamp = properties.get("StartingPositionTimestamp")
         if timestamp is not None and (isinstance(timestamp, bool) or not _numeric(timestamp)):
-            raise _refuse("StartingPositionTimestamp", f"expected Unix seconds, got {timestamp!r}")
+            raise refuse("StartingPositionTimestamp", f"expected Unix seconds, got {timestamp!r}")
         return cls(
             event_source=event_source,
             starting_position=str(position),  # type: ignore[arg-type]  # checked in __post_init__
             starting_position_timestamp=None if timestamp is None else float(timestamp),
-            batch_size=_integer(properties, "BatchSize", 100),
-            maximum_batching_window_in_seconds=_integer(
+            batch_size=read_integer(properties, "BatchSize", 100),
+            maximum_batching_window_in_seconds=read_integer(
                 properties, "MaximumBatchingWindowInSeconds", 0
             ),
-            bisect_batch_on_function_error=_boolean(
+            bisect_batch_on_function_error=read_boolean(
                 properties, "BisectBatchOnFunctionError", False
             ),
-            maximum_retry_attempts=_integer(properties, "MaximumRetryAttempts", -1),
-            maximum_record_age_in_seconds=_integer(properties, "MaximumRecordAgeInSeconds", -1),
+            maximum_retry_attempts=read_integer(properties, "MaximumRetryAttempts", -1),
+            maximum_record_age_in_seconds=read_integer(properties, "MaximumRecordAgeInSeconds", -1),
             on_failure_destination=_on_failure_destination(properties),
-            parallelization_factor=_integer(properties, "ParallelizationFactor", 1),
-            tumbling_window_in_seconds=_integer(properties, "TumblingWindowInSeconds", 0),
+            parallelization_factor=read_integer(properties, "ParallelizationFactor", 1),
+            tumbling_window_in_seconds=read_integer(properties, "TumblingWindowInSeconds", 0),
             filters=_filters(properties),
-            report_batch_item_failures=_response_types(properties),
-            enabled=_boolean(properties, "Enabled", True),
+            report_batch_item_failures=read_response_types(properties),
+            enabled=read_boolean(properties, "Enabled", True),
             event_count_metrics=_event_count_metrics(properties),
         )
 

@@ -61,7 +61,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from streams.errors import UserError
 from streams.mapping.delivery import PAYLOAD_LIMIT, Invocation
 from streams.mapping.invoke import Invoker, InvokeResult, NotInvoked
-from streams.mapping.settings import _boolean, _integer, _refuse, _response_types
+from streams.mapping.settings import read_boolean, read_integer, read_response_types, refuse
 from streams.sources.convert import arn_account, arn_region
 
 if TYPE_CHECKING:
@@ -126,14 +126,14 @@ class QueueSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= 10_000:
-            raise _refuse("BatchSize", f"must be between 1 and 10000, got {self.batch_size}")
+            raise refuse("BatchSize", f"must be between 1 and 10000, got {self.batch_size}")
         window = self.maximum_batching_window_in_seconds
         if not 0 <= window <= 300:
-            raise _refuse(
+            raise refuse(
                 "MaximumBatchingWindowInSeconds", f"must be between 0 and 300, got {window}"
             )
         if self.batch_size > 10 and window < 1:
-            raise _refuse(
+            raise refuse(
                 "MaximumBatchingWindowInSeconds",
                 f"must be at least 1 when BatchSize is over 10 (BatchSize {self.batch_size})",
             )
@@ -147,22 +147,22 @@ class QueueSettings:
         """
         for name in properties:
             if name in _STREAM_ONLY:
-                raise _refuse(name, "not valid for SQS event sources")
+                raise refuse(name, "not valid for SQS event sources")
             if name == "FilterCriteria":
-                raise _refuse(
+                raise refuse(
                     name,
                     "not run locally for SQS event sources (AWS deletes the messages a filter "
                     "drops; here they would reach the function): remove it to run locally",
                 )
             if name not in _NOT_USED_LOCALLY and name not in _PROPERTY_NAMES:
-                raise _refuse(name, "unknown property")
+                raise refuse(name, "unknown property")
         return cls(
-            batch_size=_integer(properties, "BatchSize", 10),
-            maximum_batching_window_in_seconds=_integer(
+            batch_size=read_integer(properties, "BatchSize", 10),
+            maximum_batching_window_in_seconds=read_integer(
                 properties, "MaximumBatchingWindowInSeconds", 0
             ),
-            report_batch_item_failures=_response_types(properties),
-            enabled=_boolean(properties, "Enabled", True),
+            report_batch_item_failures=read_response_types(properties),
+            enabled=read_boolean(properties, "Enabled", True),
         )
 
 
@@ -208,7 +208,7 @@ def check_queue(settings: QueueSettings, queue: Queue, function_timeout: int) ->
             "the queue's VisibilityTimeout (AWS advises six times the function's Timeout)"
         )
     if queue.fifo and settings.batch_size > 10:
-        raise _refuse(
+        raise refuse(
             "BatchSize", f"must be between 1 and 10 for a FIFO queue, got {settings.batch_size}"
         )
 
