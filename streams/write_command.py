@@ -37,6 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
 from streams.errors import UserError
 from streams.generate import generate_updates
+from streams.local import current_endpoint
 from streams.writer import InvalidItemError, TableWriteError, TableWriter
 
 if TYPE_CHECKING:
@@ -226,10 +227,12 @@ def _options(args: argparse.Namespace) -> _Options:
 
 
 def _client(options: _Options) -> DynamoDBClient:
+    config = Config(max_pool_connections=max(10, options.senders))
+    endpoint = current_endpoint()
+    if endpoint.is_local:  # AWS_ENDPOINT_URL, or the endpoint `streams local up` recorded
+        return endpoint.session().client("dynamodb", endpoint_url=endpoint.url, config=config)
     try:
-        return boto3.client(
-            "dynamodb", config=Config(max_pool_connections=max(10, options.senders))
-        )
+        return boto3.client("dynamodb", config=config)
     except NoRegionError:
         raise UserError(
             "no AWS region is set: export AWS_REGION (or AWS_DEFAULT_REGION), or set a region "
@@ -240,9 +243,11 @@ def _client(options: _Options) -> DynamoDBClient:
 def _endpoint(client: DynamoDBClient) -> str:
     """Which endpoint this talks to: the local one, or an AWS account and region."""
     region = client.meta.region_name
-    for variable in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"):
-        if os.environ.get(variable):
-            return f"{client.meta.endpoint_url} ({variable}, region {region})"
+    endpoint = current_endpoint()
+    if endpoint.is_local:
+        return f"{client.meta.endpoint_url} ({endpoint.origin}, region {region})"
+    if os.environ.get("AWS_ENDPOINT_URL_DYNAMODB"):
+        return f"{client.meta.endpoint_url} (AWS_ENDPOINT_URL_DYNAMODB, region {region})"
     try:
         account = boto3.client("sts", region_name=region).get_caller_identity()["Account"]
     except (BotoCoreError, ClientError) as error:

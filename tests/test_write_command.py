@@ -20,6 +20,7 @@ import pytest
 
 from streams.cli import main
 from streams.generate import generate_updates
+from streams.local import RecordedEndpoint, record_endpoint
 
 
 def create_table(aws: boto3.Session, name: str, **overrides: Any) -> None:
@@ -78,6 +79,33 @@ def test_the_command_names_the_endpoint_it_talks_to(
 ) -> None:
     assert main(["write", "--generate", "3", "--table", table]) == 0
     assert f"at {moto_endpoint} (AWS_ENDPOINT_URL" in capsys.readouterr().err
+
+
+def test_the_endpoint_streams_local_up_recorded_is_used_with_its_own_credentials(
+    *,
+    table: str,
+    moto_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As in a second terminal on a fresh machine: no AWS_ENDPOINT_URL, no credentials of its own.
+    monkeypatch.chdir(tmp_path)
+    record_endpoint(RecordedEndpoint(moto_endpoint, "us-east-1", None, None, os.getpid()))
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert main(["write", "--generate", "3", "--table", table]) == 0
+    assert f"at {moto_endpoint} (.streams/local.json" in capsys.readouterr().err
+    monkeypatch.undo()  # the test's own endpoint and credentials, to look at the table
+    (child,) = table_items(boto3.Session(region_name="us-east-1"), table).values()
+    assert child["version"] == 3  # three updates of one child reached the recorded endpoint
 
 
 def test_a_bad_line_is_reported_with_its_number_and_skipped_and_the_run_fails(
