@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -326,6 +328,58 @@ def test_counters_add_up_across_writers_and_the_monitor_reads_them(
     }
     assert (shard.iterator_age_ms, shard.state, shard.last_outcome) == (1200, "open", "partial")
     assert (shard.checkpoint, shard.finished, shard.updated_at) == ("300", False, clock.now)
+
+
+def test_one_metrics_write_at_a_time_per_shard_so_every_count_adds_up_on_the_local_endpoint(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    # moto applies an ADD as an unlocked read-modify-write: two writes to one item in flight
+    # at once can lose one's counts. Each write is slowed down here to make overlaps certain.
+    client = aws.client("dynamodb")
+    lock = threading.Lock()
+    in_flight: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+
+    def metrics_items(params: dict[str, Any]) -> list[str]:
+        updates = [item["Update"] for item in params.get("TransactItems", []) if "Update" in item]
+        keys = [update["Key"]["sk"]["S"] for update in [params, *updates] if "Key" in update]
+        return [key for key in keys if key.startswith("metrics#")]
+
+    def started(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["metrics_items"] = metrics_items(params)
+        with lock:
+            for key in context["metrics_items"]:
+                in_flight[key] += 1
+                most[key] = max(most[key], in_flight[key])
+        time.sleep(0.005)
+
+    def ended(context: dict[str, Any], **_: Any) -> None:
+        with lock:
+            in_flight.subtract(context["metrics_items"])
+
+    for operation in ("UpdateItem", "TransactWriteItems"):
+        client.meta.events.register(f"provide-client-params.dynamodb.{operation}", started)
+        client.meta.events.register(f"after-call.dynamodb.{operation}", ended)
+    store = DynamoDBCheckpointStore(MAPPING, client=client, table_name=unique_name, flush_seconds=0)
+    store.acquire_lease()
+
+    def write(index: int) -> None:
+        for sequence in range(10):
+            store.record_metrics("shardId-1", {"InvokedEventCount": 1})
+            store.record("shardId-1", "PolledEventCount", 3)
+            if index == 0:
+                store.put("shardId-1", str(sequence), False)
+
+    writers = [threading.Thread(target=write, args=(index,)) for index in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    store.flush_metrics()
+
+    (shard,) = store.read_all().shards
+    assert most == {"metrics#shardId-1": 1}
+    assert shard.counts == {"InvokedEventCount": 40, "PolledEventCount": 120}
 
 
 def test_recorded_metrics_reach_the_table_with_the_next_checkpoint_or_after_a_second(

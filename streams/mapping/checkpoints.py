@@ -333,6 +333,7 @@ class DynamoDBCheckpointStore:
         self._lock = threading.Lock()
         self._pending: dict[str, _Figures] = {}
         self._flushed_at: dict[str, float] = {}
+        self._writing: dict[str, threading.Lock] = {}
         ensure_table(self.client, table_name)
 
     # --- the lease ------------------------------------------------------------------------------
@@ -522,22 +523,20 @@ class DynamoDBCheckpointStore:
                 }
             },
         ]
-        with self._lock:
-            figures = self._pending.pop(shard_id, None)
-            if figures is not None:
-                self._flushed_at[shard_id] = self._clock()
-        if figures is not None:  # the buffered metrics, in the same round trip
-            items.append({"Update": self._figures_update(shard_id, figures)})
-        try:
-            self.client.transact_write_items(TransactItems=items)
-        except Exception as error:
-            if figures is not None:
-                self._restore_pending(shard_id, figures)
-            if isinstance(error, self.client.exceptions.TransactionCanceledException):
-                reasons = error.response.get("CancellationReasons", [])
-                if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
-                    raise self._lost() from error
-            raise
+        with self._writing_lock(shard_id):
+            figures = self._take_due(shard_id)
+            if figures is not None:  # the buffered metrics, in the same round trip
+                items.append({"Update": self._figures_update(shard_id, figures)})
+            try:
+                self.client.transact_write_items(TransactItems=items)
+            except Exception as error:
+                if figures is not None:
+                    self._restore_pending(shard_id, figures)
+                if isinstance(error, self.client.exceptions.TransactionCanceledException):
+                    reasons = error.response.get("CancellationReasons", [])
+                    if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                        raise self._lost() from error
+                raise
 
     # --- metrics (MetricsSink) -------------------------------------------------------------------
 
@@ -556,10 +555,9 @@ class DynamoDBCheckpointStore:
             now = self._clock()
             if now - self._flushed_at.get(shard_id, -math.inf) < self.flush_seconds:
                 return
-            self._flushed_at[shard_id] = now
-            del self._pending[shard_id]
+            self._flushed_at[shard_id] = now  # this call writes them: others go on buffering
         try:
-            self._write_figures(shard_id, figures)
+            self._write_pending(shard_id)
         except (BotoCoreError, ClientError) as error:
             # Metrics must not stop delivery: kept, and written with the next flush.
             logger.warning("shard %s: metrics not written yet (%s)", shard_id, error)
@@ -578,16 +576,34 @@ class DynamoDBCheckpointStore:
         names: ESM-SPEC section 8's, and the function's own from `function_counts`."""
         figures = _Figures(dict(counts or {}), iterator_age_ms, state, last_outcome)
         with self._lock:
-            figures = self._take_pending(shard_id).merge(figures)
-            self._flushed_at[shard_id] = self._clock()
-        self._write_figures(shard_id, figures)
+            self._pending[shard_id] = self._take_pending(shard_id).merge(figures)
+        self._write_pending(shard_id)
 
     def flush_metrics(self) -> None:
         """Write what `record` buffered, for every shard (call on stop)."""
         with self._lock:
-            pending, self._pending = self._pending, {}
-        for shard_id, figures in sorted(pending.items()):
-            self._write_figures(shard_id, figures)
+            shard_ids = sorted(self._pending)
+        for shard_id in shard_ids:
+            self._write_pending(shard_id)
+
+    def _writing_lock(self, shard_id: str) -> threading.Lock:
+        """Held while a write to the shard's metrics item is in flight: one at a time.
+
+        DynamoDB applies an ``ADD`` atomically, but moto (the local endpoint) applies it as an
+        unlocked read-modify-write, so two concurrent writes to one item lose one's counts.
+        Within this process, writes to a shard's item are the only concurrent ones (the lease
+        keeps other mappings out), and one at a time costs nothing while they are rare.
+        """
+        with self._lock:
+            return self._writing.setdefault(shard_id, threading.Lock())
+
+    def _take_due(self, shard_id: str) -> _Figures | None:
+        """The shard's pending figures, taken for a write that starts now."""
+        with self._lock:
+            figures = self._pending.pop(shard_id, None)
+            if figures is not None:
+                self._flushed_at[shard_id] = self._clock()
+            return figures
 
     def _take_pending(self, shard_id: str) -> _Figures:
         return self._pending.pop(shard_id, None) or _Figures()
@@ -596,12 +612,18 @@ class DynamoDBCheckpointStore:
         with self._lock:
             self._pending[shard_id] = figures.merge(self._take_pending(shard_id))
 
-    def _write_figures(self, shard_id: str, figures: _Figures) -> None:
-        try:
-            self.client.update_item(**self._figures_update(shard_id, figures))
-        except Exception:
-            self._restore_pending(shard_id, figures)  # written with the next flush
-            raise
+    def _write_pending(self, shard_id: str) -> None:
+        """Write the shard's pending figures, after any write already in flight for it (which
+        may have taken them: then there is nothing left to write). Kept on failure."""
+        with self._writing_lock(shard_id):
+            figures = self._take_due(shard_id)
+            if figures is None:
+                return
+            try:
+                self.client.update_item(**self._figures_update(shard_id, figures))
+            except Exception:
+                self._restore_pending(shard_id, figures)  # written with the next flush
+                raise
 
     def _figures_update(self, shard_id: str, figures: _Figures) -> UpdateTypeDef:
         """One UpdateItem (or transaction item) for a shard's metrics item."""
