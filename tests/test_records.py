@@ -116,7 +116,9 @@ def test_attribute_values_decode_exactly_as_boto3s_deserializer(value: dict[str,
 def test_an_image_reads_as_the_deserialized_item(raw: dict[str, Any]) -> None:
     image = Image(raw)
     expected = {name: oracle(value) for name, value in raw.items()}
-    assert dict(image) == expected
+    assert dict(image) == expected  # attribute by attribute
+    assert dict(Image(raw).items()) == expected  # the whole image in one pass
+    assert Image(raw) == expected
     assert set(image) == set(raw)
     assert len(image) == len(raw)
 
@@ -174,6 +176,10 @@ def test_an_image_never_shows_its_content_in_its_repr() -> None:
 def test_malformed_attribute_values_are_decode_errors(value: Any) -> None:
     with pytest.raises(RecordDecodeError):
         decode_attribute_value(value)
+    with pytest.raises(RecordDecodeError):
+        Image({"a": value})["a"]
+    with pytest.raises(RecordDecodeError):
+        list(Image({"a": {"S": "fine"}, "b": value}).values())
 
 
 # --- DynamoDB views over real events ------------------------------------------------------------
