@@ -43,6 +43,7 @@ from streams.mapping.checkpoints import (
     ShardSnapshot,
     read_mappings,
 )
+from streams.mapping.state import EVENT_COUNT_NAMES
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEAD_LETTER",
-    "EVENT_COUNTS",
     "ON_FAILURE",
     "PLOT_EXTRA_HINT",
     "REASONS",
@@ -89,16 +89,6 @@ _QUEUE_OUTPUTS: Final[Mapping[str, QueueRole]] = {
     "OnFailureQueueUrl": ON_FAILURE,
 }
 
-# ESM-SPEC section 8's event counts, as the local mapping names its counters and as Lambda
-# publishes them (namespace AWS/Lambda, dimension EventSourceMappingUUID).
-EVENT_COUNTS: Final = (
-    "PolledEventCount",
-    "FilteredOutEventCount",
-    "InvokedEventCount",
-    "FailedInvokeEventCount",
-    "DroppedEventCount",
-    "OnFailureDestinationDeliveredEventCount",
-)
 # DESIGN.md's reasons for parking a record.
 REASONS: Final = ("poison", "too-old", "hydrated")
 
@@ -427,7 +417,7 @@ class LocalMonitor:
             processed=counts.get(_PROCESSED, 0.0),
             parked=counts.get(_PARKED, sum(by_reason.values())),
             parked_by_reason=by_reason,
-            event_counts={name: counts[name] for name in EVENT_COUNTS if name in counts},
+            event_counts={name: counts[name] for name in EVENT_COUNT_NAMES if name in counts},
             last_outcome=shard.last_outcome,
             updated_at=shard.updated_at,
         )
@@ -691,7 +681,7 @@ class _FunctionQueries:
 
 def _event_count_queries(mapping: EventSourceMappingConfigurationTypeDef) -> dict[str, _Query]:
     dimensions = (("EventSourceMappingUUID", mapping.get("UUID", "")),)
-    return {name: _Query("AWS/Lambda", name, dimensions, "Sum") for name in EVENT_COUNTS}
+    return {name: _Query("AWS/Lambda", name, dimensions, "Sum") for name in EVENT_COUNT_NAMES}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
@@ -353,12 +353,23 @@ def _render(
     return Group(*parts)
 
 
+_LOSS_COLUMNS: Final = (
+    ("dropped", "DroppedEventCount"),
+    ("destination\nfailures", "DestinationDeliveryFailures"),
+)
+
+
 def _rows_table(snapshot: MonitorSnapshot, title: str, limit: float | None) -> RenderableType:
     from rich.table import Table
     from rich.text import Text
 
     local = snapshot.source == "local"
-    dropped = any("DroppedEventCount" in row.event_counts for row in snapshot.rows)
+    # Records lost to the function (dropped) or to the destination: shown once there are any.
+    losses = [
+        (column, name)
+        for column, name in _LOSS_COLUMNS
+        if any(name in row.event_counts for row in snapshot.rows)
+    ]
     table = Table(title=title, title_justify="left")
     # Figures never wrap; names and outcomes give way on a narrow terminal.
     if local:
@@ -370,7 +381,7 @@ def _rows_table(snapshot: MonitorSnapshot, title: str, limit: float | None) -> R
         table.add_column("event source", overflow="fold", min_width=12)
         table.add_column("mapping", no_wrap=True)
     figures = ["iterator\nage", "records/s", "processed", "parked"]
-    for column in [*figures, *(["dropped"] if dropped else [])]:
+    for column in [*figures, *(column for column, _ in losses)]:
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("last\noutcome" if local else "last\nresult", overflow="fold", min_width=8)
 
@@ -385,8 +396,7 @@ def _rows_table(snapshot: MonitorSnapshot, title: str, limit: float | None) -> R
             _count(row.processed),
             _parked(row.parked, row.parked_by_reason),
         ]
-        if dropped:
-            counts.append(_count(row.event_counts.get("DroppedEventCount")))
+        counts += [_count(row.event_counts.get(name)) for _, name in losses]
         table.add_row(*names, *counts, row.last_outcome or "-")
 
     totals = snapshot.totals
@@ -396,8 +406,7 @@ def _rows_table(snapshot: MonitorSnapshot, title: str, limit: float | None) -> R
         _count(totals.processed),
         _parked(totals.parked, totals.parked_by_reason),
     ]
-    if dropped:
-        counts.append(_count(totals.event_counts.get("DroppedEventCount")))
+    counts += [_count(totals.event_counts.get(name)) for _, name in losses]
     table.add_section()
     table.add_row(Text("total", style="bold"), "", "", *counts, "")
     return table

@@ -144,6 +144,31 @@ def test_once_without_json_prints_the_table(
         assert shown in out
 
 
+def test_records_lost_to_drops_or_to_the_destination_get_columns_once_there_are_any(
+    store: DynamoDBCheckpointStore,
+    queue_urls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    main(["monitor", "--once", *local_flags(store, queue_urls)])
+    before = capsys.readouterr().out
+    store.record_metrics("shardId-1", {"DroppedEventCount": 3, "DestinationDeliveryFailures": 2})
+
+    main(["monitor", "--once", *local_flags(store, queue_urls)])
+    after = capsys.readouterr().out
+    main(["monitor", "--once", "--json", *local_flags(store, queue_urls)])
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+
+    assert "dropped" not in before and "destination" not in before
+    assert "dropped" in after and "destination" in after and "failures" in after
+    assert row["eventCounts"] == {
+        "PolledEventCount": 42,
+        "DroppedEventCount": 3,
+        "DestinationDeliveryFailures": 2,
+    }
+
+
 def test_no_state_table_says_no_mapping_has_run_here_yet(
     unique_name: str, moto_endpoint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,6 +15,7 @@ from typing import Final, Literal, Protocol
 
 __all__ = [
     "EVENT_COUNT_METRICS",
+    "EVENT_COUNT_NAMES",
     "CheckpointStore",
     "MemoryCheckpointStore",
     "MetricCounters",
@@ -75,18 +76,18 @@ MetricName = Literal[
     "DestinationDeliveryFailures",
 ]
 
-# Emitted only with `MetricsConfig: {Metrics: [EventCount]}`; IteratorAge always is.
-EVENT_COUNT_METRICS: Final[frozenset[MetricName]] = frozenset(
-    {
-        "PolledEventCount",
-        "FilteredOutEventCount",
-        "InvokedEventCount",
-        "FailedInvokeEventCount",
-        "DroppedEventCount",
-        "OnFailureDestinationDeliveredEventCount",
-        "DestinationDeliveryFailures",
-    }
+# ESM-SPEC section 8's event counts, in its order: emitted only with
+# `MetricsConfig: {Metrics: [EventCount]}` (IteratorAge always is).
+EVENT_COUNT_NAMES: Final[tuple[MetricName, ...]] = (
+    "PolledEventCount",
+    "FilteredOutEventCount",
+    "InvokedEventCount",
+    "FailedInvokeEventCount",
+    "DroppedEventCount",
+    "OnFailureDestinationDeliveredEventCount",
+    "DestinationDeliveryFailures",
 )
+EVENT_COUNT_METRICS: Final[frozenset[MetricName]] = frozenset(EVENT_COUNT_NAMES)
 
 
 class MetricsSink(Protocol):
