@@ -8,6 +8,7 @@ clients: the request still goes to moto unless the hook fails it first.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from streams.sources import (
     Shard,
     startable_shards,
 )
+from streams.sources.kinesis import LATEST_RENEWAL_MARGIN_SECONDS
 
 # --- botocore hooks on a real client ------------------------------------------------------
 
@@ -135,7 +137,13 @@ def _dynamodb_stream(aws: boto3.Session, name: str, backoff: Backoff) -> Stream:
     return Stream("dynamodb", source, Hooks(client), write, clock, sleeps, "LimitExceededException")
 
 
-def _kinesis_stream(aws: boto3.Session, name: str, backoff: Backoff, shards: int = 1) -> Stream:
+def _kinesis_stream(
+    aws: boto3.Session,
+    name: str,
+    backoff: Backoff,
+    shards: int = 1,
+    wall_clock: Callable[[], float] = time.time,
+) -> Stream:
     client = aws.client("kinesis")
     client.create_stream(StreamName=name, ShardCount=shards)
     stream_arn = client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
@@ -150,7 +158,7 @@ def _kinesis_stream(aws: boto3.Session, name: str, backoff: Backoff, shards: int
 
     clock, sleeps = FakeClock(), Sleeps()
     source = KinesisStreamSource(
-        stream_arn, client=client, backoff=backoff, sleep=sleeps, clock=clock
+        stream_arn, client=client, backoff=backoff, sleep=sleeps, clock=clock, wall_clock=wall_clock
     )
     return Stream(
         "kinesis",
@@ -389,6 +397,23 @@ def test_dynamodb_streams_has_no_at_timestamp_position(
         stream.source.open(stream.shard_id, Position("AT_TIMESTAMP", timestamp=datetime.now(UTC)))
 
 
+def test_dynamodb_an_iterator_at_latest_expired_before_any_record_says_what_it_skips(
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = _dynamodb_stream(aws, unique_name, Backoff())
+    reader = stream.source.open(stream.shard_id, Position("LATEST"))
+    assert reader.read(10).records == []
+    stream.hooks.fail_next("GetRecords", "ExpiredIteratorException")
+
+    reader.read(10)
+
+    kinds = [params["ShardIteratorType"] for params in stream.hooks.params("GetShardIterator")]
+    assert kinds == ["LATEST", "LATEST"]  # DynamoDB Streams has nothing better
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert stream.shard_id in warning.getMessage()
+    assert "skipped" in warning.getMessage()
+
+
 # --- Kinesis ------------------------------------------------------------------------------
 
 
@@ -524,6 +549,29 @@ def test_kinesis_at_timestamp_passes_the_time_and_starts_there(
     assert from_future.read(10).records == []
     timestamps = [params.get("Timestamp") for params in stream.hooks.params("GetShardIterator")]
     assert timestamps == [past, future]
+
+
+def test_kinesis_an_iterator_at_latest_expired_before_any_record_restarts_from_when_it_was_taken(
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # This machine's clock runs 30 s ahead of AWS's: still within the renewal's margin.
+    wall = time.time() + 30
+    stream = _kinesis_stream(aws, unique_name, Backoff(), wall_clock=lambda: wall)
+    reader = stream.source.open(stream.shard_id, Position("LATEST"))
+    assert reader.read(10).records == []
+    stream.write(3)  # while the iterator expires
+    stream.hooks.fail_next("GetRecords", "ExpiredIteratorException")
+
+    renewed = reader.read(10)
+
+    assert len(renewed.records) == 3  # LATEST again would have skipped them
+    first, renewal = stream.hooks.params("GetShardIterator")
+    assert first["ShardIteratorType"] == "LATEST"
+    assert renewal["ShardIteratorType"] == "AT_TIMESTAMP"
+    assert renewal["Timestamp"] == datetime.fromtimestamp(
+        wall - LATEST_RENEWAL_MARGIN_SECONDS, tz=UTC
+    )
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_kinesis_invoke_identity_can_be_chosen(aws: boto3.Session, unique_name: str) -> None:

@@ -40,6 +40,9 @@ class _DynamoDBStreamsApi:
         self._client = client
         self._stream_arn = stream_arn
 
+    def latest_renewal(self) -> None:
+        return None  # no time-based iterator: the reader says what a renewal skips
+
     def get_iterator(self, shard_id: str, position: Position) -> str:
         if position.sequence_number is None:
             response = self._client.get_shard_iterator(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import boto3
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 # GetRecords returns at most 10,000 records per call; ListShards at most 10,000 shards.
 MAX_RECORDS_PER_CALL = 10_000
 MAX_SHARDS_PER_PAGE = 10_000
+
+# How far before a LATEST iterator was taken a renewed iterator starts (AT_TIMESTAMP), so that
+# this machine's clock running ahead of AWS's by less than this loses no record. Records that
+# arrived just before the first iterator may then be delivered too: at least once, never lost.
+LATEST_RENEWAL_MARGIN_SECONDS = 60.0
 
 # The role named in `invokeIdentityArn` when the caller does not choose one. Locally no role
 # exists; on AWS it is the function's execution role.
@@ -49,10 +55,21 @@ def _shard(listed: ShardTypeDef) -> Shard:
 class _KinesisApi:
     max_limit = MAX_RECORDS_PER_CALL
 
-    def __init__(self, client: KinesisClient, stream_arn: str, invoke_identity_arn: str) -> None:
+    def __init__(
+        self,
+        client: KinesisClient,
+        stream_arn: str,
+        invoke_identity_arn: str,
+        wall_clock: Callable[[], float],
+    ) -> None:
         self._client = client
         self._stream_arn = stream_arn
         self._invoke_identity_arn = invoke_identity_arn
+        self._wall_clock = wall_clock
+
+    def latest_renewal(self) -> Position:
+        since = self._wall_clock() - LATEST_RENEWAL_MARGIN_SECONDS
+        return Position("AT_TIMESTAMP", timestamp=datetime.fromtimestamp(since, tz=UTC))
 
     def get_iterator(self, shard_id: str, position: Position) -> str:
         if position.timestamp is not None:
@@ -102,8 +119,10 @@ class KinesisStreamSource:
 
     `invoke_identity_arn` fills the records' `invokeIdentityArn` (default:
     `arn:<partition>:iam::<stream's account>:role/streams-local-mapping`). `clock` and `sleep`
-    are injectable (seconds, monotonic); `shard_refresh_seconds` bounds how often readers list
-    the stream to learn that their shard closed; `page_size` is ListShards' `MaxResults`.
+    are injectable (seconds, monotonic), and `wall_clock` (epoch seconds: where an iterator
+    taken at LATEST is renewed, see `LATEST_RENEWAL_MARGIN_SECONDS`); `shard_refresh_seconds`
+    bounds how often readers list the stream to learn that their shard closed; `page_size` is
+    ListShards' `MaxResults`.
     """
 
     event_source: EventSource = "aws:kinesis"
@@ -117,6 +136,7 @@ class KinesisStreamSource:
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         shard_refresh_seconds: float = 10.0,
         page_size: int = 1000,
     ) -> None:
@@ -128,7 +148,7 @@ class KinesisStreamSource:
             f":role/{DEFAULT_INVOKE_ROLE}"
         )
         self._client = client or boto3.client("kinesis", region_name=arn_region(stream_arn))
-        self._api = _KinesisApi(self._client, stream_arn, self.invoke_identity_arn)
+        self._api = _KinesisApi(self._client, stream_arn, self.invoke_identity_arn, wall_clock)
         self._backoff = backoff or Backoff()
         self._sleep = sleep
         self._page_size = page_size

@@ -10,6 +10,7 @@ and decides when a closed shard has ended, by AWS's own signal (no next iterator
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ THROTTLING_ERRORS = frozenset(
     {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
 )
 EXPIRED_ITERATOR = "ExpiredIteratorException"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ class StreamApi(Protocol):
     def get_iterator(self, shard_id: str, position: Position) -> str: ...
 
     def get_page(self, shard_id: str, iterator: str, limit: int) -> Page: ...
+
+    def latest_renewal(self) -> Position | None:
+        """Called just before a `LATEST` iterator is taken: where a new iterator must start
+        to miss nothing if that one expires before it returns a record, or None when the
+        service cannot say (DynamoDB Streams has no time-based iterator)."""
+        ...
 
 
 class ShardDirectory:
@@ -111,6 +120,7 @@ class StreamShardReader:
         self._backoff = backoff
         self._sleep = sleep
         self._iterator: str | None = None
+        self._latest_renewal: Position | None = None
         self._last_sequence_number: str | None = None
         self._throttled_reads = 0
         self._ended = False
@@ -132,6 +142,8 @@ class StreamShardReader:
 
     def _fetch(self, limit: int) -> Page:
         if self._iterator is None:
+            if self._start.kind == "LATEST" and self._last_sequence_number is None:
+                self._latest_renewal = self._api.latest_renewal()
             self._iterator = self._api.get_iterator(self._shard_id, self._resume_position())
         try:
             return self._api.get_page(self._shard_id, self._iterator, limit)
@@ -140,8 +152,23 @@ class StreamShardReader:
                 raise
         # Iterators expire (DynamoDB after 15 minutes, Kinesis after 5 minutes unused): take a
         # new one from the last record returned. A second expiry in a row is not normal.
-        self._iterator = self._api.get_iterator(self._shard_id, self._resume_position())
+        self._iterator = self._api.get_iterator(self._shard_id, self._renewal_position())
         return self._api.get_page(self._shard_id, self._iterator, limit)
+
+    def _renewal_position(self) -> Position:
+        position = self._resume_position()
+        if position.kind != "LATEST":
+            return position
+        # Nothing read yet from LATEST: LATEST again would skip what was written meanwhile.
+        if self._latest_renewal is not None:
+            return self._latest_renewal
+        logger.warning(
+            "shard %s: its iterator at LATEST expired before it returned a record, and "
+            "DynamoDB Streams cannot start from a time: records written to the shard since "
+            "the iterator was taken (up to 15 minutes) are skipped",
+            self._shard_id,
+        )
+        return position
 
     def read(self, limit: int) -> ReadResult:
         if limit < 1:
