@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, get_args
 
 __all__ = [
     "EVENT_COUNT_METRICS",
@@ -65,8 +65,9 @@ class MemoryCheckpointStore:
         return checkpoint is not None and checkpoint.shard_finished
 
 
-MetricName = Literal[
-    "IteratorAge",
+# ESM-SPEC section 8's event counts, in its order: emitted only with
+# `MetricsConfig: {Metrics: [EventCount]}` (IteratorAge always is).
+EventCountName = Literal[
     "PolledEventCount",
     "FilteredOutEventCount",
     "InvokedEventCount",
@@ -75,18 +76,9 @@ MetricName = Literal[
     "OnFailureDestinationDeliveredEventCount",
     "DestinationDeliveryFailures",
 ]
+MetricName = Literal["IteratorAge"] | EventCountName
 
-# ESM-SPEC section 8's event counts, in its order: emitted only with
-# `MetricsConfig: {Metrics: [EventCount]}` (IteratorAge always is).
-EVENT_COUNT_NAMES: Final[tuple[MetricName, ...]] = (
-    "PolledEventCount",
-    "FilteredOutEventCount",
-    "InvokedEventCount",
-    "FailedInvokeEventCount",
-    "DroppedEventCount",
-    "OnFailureDestinationDeliveredEventCount",
-    "DestinationDeliveryFailures",
-)
+EVENT_COUNT_NAMES: Final[tuple[EventCountName, ...]] = get_args(EventCountName)
 EVENT_COUNT_METRICS: Final[frozenset[MetricName]] = frozenset(EVENT_COUNT_NAMES)
 
 
