@@ -163,9 +163,9 @@ class StreamShardReader:
         if self._latest_renewal is not None:
             return self._latest_renewal
         logger.warning(
-            "shard %s: its iterator at LATEST expired before it returned a record, and "
-            "DynamoDB Streams cannot start from a time: records written to the shard since "
-            "the iterator was taken (up to 15 minutes) are skipped",
+            "shard %s: its iterator at LATEST expired before it returned a record, and the "
+            "stream cannot start an iterator from a time (DynamoDB Streams): records written "
+            "to the shard since its last read (15 minutes or more ago) are skipped",
             self._shard_id,
         )
         return position
