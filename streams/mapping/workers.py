@@ -91,22 +91,6 @@ _RUNTIME = re.compile(r"python(\d+)\.(\d+)")
 _DRAIN_SECONDS = 1.0  # reading what a dead or dying child still has in its pipes
 _EXIT_SECONDS = 2.0  # a child told to stop exits within this, or is killed
 _PROBE_SECONDS = 30.0
-# From our environment into the function's: the shell basics and the credentials chain
-# (locally the credentials are not the execution role's, as on Lambda, but the caller's).
-_PASSTHROUGH = (
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "TMPDIR",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CA_BUNDLE",
-)
 # The caller's credentials chain: left out when the function is given its own credentials.
 _CREDENTIALS_CHAIN = (
     "AWS_ACCESS_KEY_ID",
@@ -116,6 +100,9 @@ _CREDENTIALS_CHAIN = (
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
 )
+# From our environment into the function's: the shell basics and the credentials chain
+# (locally the credentials are not the execution role's, as on Lambda, but the caller's).
+_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", *_CREDENTIALS_CHAIN, "AWS_CA_BUNDLE")
 # Lambda refuses a function whose variables set these (CreateFunction's reserved keys).
 _RESERVED = frozenset(
     {
