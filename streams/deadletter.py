@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from streams.records import StreamRecord
 
 __all__ = [
+    "REASONS",
     "DeadLetter",
     "DeadLetterSink",
     "ErrorInfo",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 Reason = Literal["poison", "too-old", "hydrated"]
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 MESSAGE_VERSION = 1
 #: SQS's per-call limit on entries.
 SQS_BATCH_ENTRIES = 10

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from streams.deadletter import SqsDeadLetterQueue
+from streams.deadletter import REASONS, SqsDeadLetterQueue
 from streams.dlq import (
     DEFAULT_VISIBILITY_SECONDS,
     DeadLetterQueueReader,
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="A table of "
         "parked records: when, reason, error type, shard, keys. Messages are released again.",
     )
-    listing.add_argument("--reason", choices=["poison", "too-old", "hydrated"])
+    listing.add_argument("--reason", choices=REASONS)
     listing.add_argument("--error-type", help="only records that failed with this exception type")
     listing.add_argument("--limit", type=int, help="read at most this many messages")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.deadletter import REASONS
 from streams.errors import UserError
 from streams.mapping.checkpoints import (
     DEFAULT_TABLE_NAME,
@@ -89,8 +90,6 @@ _QUEUE_OUTPUTS: Final[Mapping[str, QueueRole]] = {
     "OnFailureQueueUrl": ON_FAILURE,
 }
 
-# DESIGN.md's reasons for parking a record.
-REASONS: Final = ("poison", "too-old", "hydrated")
 
 # The batch core's counters, as the local mapping keeps them (docs/mapping-state.md).
 _PROCESSED = "function:RecordsProcessed"

@@ -37,7 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
 from streams.errors import UserError
 from streams.generate import generate_updates
-from streams.local import current_endpoint
+from streams.local import Endpoint, current_endpoint
 from streams.writer import InvalidItemError, TableWriteError, TableWriter
 
 if TYPE_CHECKING:
@@ -155,8 +155,12 @@ class _Tally:
 
 def run(args: argparse.Namespace) -> int:
     options = _options(args)
-    client = _client(options)
-    print(f"streams write: table {options.table!r} at {_endpoint(client)}", file=sys.stderr)
+    endpoint = current_endpoint()  # once: the client and the banner must agree
+    client = _client(options, endpoint)
+    print(
+        f"streams write: table {options.table!r} at {_describe(client, endpoint)}",
+        file=sys.stderr,
+    )
     writer = TableWriter(
         options.table,
         client=client,
@@ -226,9 +230,8 @@ def _options(args: argparse.Namespace) -> _Options:
     )
 
 
-def _client(options: _Options) -> DynamoDBClient:
+def _client(options: _Options, endpoint: Endpoint) -> DynamoDBClient:
     config = Config(max_pool_connections=max(10, options.senders))
-    endpoint = current_endpoint()
     if endpoint.is_local:  # AWS_ENDPOINT_URL, or the endpoint `streams local up` recorded
         return endpoint.session().client("dynamodb", endpoint_url=endpoint.url, config=config)
     try:
@@ -240,10 +243,9 @@ def _client(options: _Options) -> DynamoDBClient:
         ) from None
 
 
-def _endpoint(client: DynamoDBClient) -> str:
+def _describe(client: DynamoDBClient, endpoint: Endpoint) -> str:
     """Which endpoint this talks to: the local one, or an AWS account and region."""
     region = client.meta.region_name
-    endpoint = current_endpoint()
     if endpoint.is_local:
         return f"{client.meta.endpoint_url} ({endpoint.origin}, region {region})"
     if os.environ.get("AWS_ENDPOINT_URL_DYNAMODB"):

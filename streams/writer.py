@@ -896,7 +896,7 @@ class _Pipeline:
                     self._stop(reason)
                 for write in batch:
                     if write.seq in self._unsettled:
-                        self._settle_failed(write, reason)
+                        self._settle(write, reason)
                 self._progress.notify_all()
 
     def _take(self) -> list[_Write] | None:
@@ -949,7 +949,7 @@ class _Pipeline:
             self._check_deadline(self._clock())
             if self._stop_reason is not None:
                 for write in batch:
-                    self._settle_failed(write, self._stop_reason)
+                    self._settle(write, self._stop_reason)
                 self._progress.notify_all()
                 return
         self._deliver(batch)
@@ -1030,7 +1030,7 @@ class _Pipeline:
         elif code in _REJECTED_ITEM_ERRORS:
             with self._lock:
                 self._throttled += throttled_attempts
-                self._settle_failed(writes[0], f"{code}: {message}")
+                self._settle(writes[0], f"{code}: {message}")
                 self._progress.notify_all()
                 self._work.notify_all()
         elif code in _TRANSIENT_ERRORS or status >= 500:
@@ -1053,7 +1053,7 @@ class _Pipeline:
                 if self._stop_reason is None:
                     self._stop(reason)
                 for write in writes:
-                    self._settle_failed(write, reason)
+                    self._settle(write, reason)
                 self._progress.notify_all()
 
     def _count_throttled(self, attempts: int) -> None:
@@ -1072,17 +1072,15 @@ class _Pipeline:
 
     # -- bookkeeping, with the lock held -----------------------------------------------------
 
-    def _settle(self, write: _Write, outcome: Literal["written"]) -> None:
+    def _settle(self, write: _Write, outcome: str) -> None:
+        """`write` is done ("written", or failed for the reason `outcome`): the next write of
+        its key may go."""
         self._finish(write, outcome)
-        self._advance(write.key)
-
-    def _settle_failed(self, write: _Write, reason: str) -> None:
-        self._finish(write, reason)
         self._advance(write.key)
 
     def _settle_refused(self, write: _Write, now: float) -> None:
         if self._stop_reason is not None:
-            self._settle_failed(write, self._stop_reason)
+            self._settle(write, self._stop_reason)
             return
         slot = self._slots[write.key]
         write.attempts += 1
