@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -61,9 +61,7 @@ from streams.mapping import (
     DEFAULT_RETENTION_SECONDS,
     EventSourceMapping,
     Invocation,
-    InvokeResult,
     MappingSettings,
-    NotInvoked,
     RetryBackoff,
 )
 from streams.mapping.checkpoints import (
@@ -79,9 +77,8 @@ from streams.mapping.checkpoints import (
 from streams.mapping.sqs import QueuePoller, QueueSettings, check_queue, describe_queue
 from streams.mapping.workers import (
     FunctionSpec,
-    Interpreter,
-    Worker,
     WorkerInvokeResult,
+    WorkerPool,
     resolve_interpreter,
 )
 from streams.sources import DynamoDBStreamSource, KinesisStreamSource
@@ -221,7 +218,7 @@ class LocalMapping:
             self._ran = True
         if self._stopping.is_set():
             return
-        workers = _FunctionWorkers(
+        workers = WorkerPool(
             self.function_spec,
             resolve_interpreter(self.function_spec.runtime, self.function_spec.code_uri),
         )
@@ -267,7 +264,7 @@ class LocalMapping:
     def _prepare(
         self,
         stream: StreamMapping,
-        workers: _FunctionWorkers,
+        workers: WorkerPool,
         dynamodb: DynamoDBClient,
         done: queue.Queue[_Run],
     ) -> _StreamRun:
@@ -302,7 +299,7 @@ class LocalMapping:
         return _StreamRun(stream, store, engine, stopping=self._stopping, done=done)
 
     def _prepare_queue(
-        self, mapping: QueueMapping, workers: _FunctionWorkers, done: queue.Queue[_Run]
+        self, mapping: QueueMapping, workers: WorkerPool, done: queue.Queue[_Run]
     ) -> _QueueRun:
         """One queue's poller, once the queue is found and suits the function."""
         arn = mapping.spec.queue_arn
@@ -446,51 +443,6 @@ def _retention_seconds(spec: EventSourceSpec, session: boto3.Session, endpoint_u
     )
     summary = kinesis.describe_stream_summary(StreamARN=spec.event_source_arn)
     return float(summary["StreamDescriptionSummary"]["RetentionPeriodHours"]) * 3600
-
-
-# --- the function's workers ---------------------------------------------------------------
-
-
-class _FunctionWorkers:
-    """The function's worker processes, as the mappings' invoker: one per batch in flight.
-
-    A worker is taken for each invocation (the most recently used first: it is warm) and a new
-    one is made when all are busy. The engine keeps batches in flight at most shards times
-    `ParallelizationFactor`, and shards appear while it runs (a Kinesis split), so the number
-    of workers follows that bound instead of a size fixed at start. A worker starts its process
-    on its first invocation.
-    """
-
-    def __init__(self, spec: FunctionSpec, interpreter: Interpreter) -> None:
-        self._spec = spec
-        self._interpreter = interpreter
-        self._lock = threading.Lock()
-        self._idle: list[Worker] = []
-        self._all: list[Worker] = []
-        self._closed = False
-
-    def __call__(self, event: Mapping[str, Any], deadline_seconds: float) -> InvokeResult:
-        with self._lock:
-            if self._closed:
-                raise NotInvoked("the function's workers are stopped")
-            if self._idle:
-                worker = self._idle.pop()
-            else:
-                worker = Worker(self._spec, self._interpreter)
-                self._all.append(worker)
-        try:
-            return worker.invoke(event, deadline_seconds)
-        finally:
-            with self._lock:
-                self._idle.append(worker)
-
-    def close(self) -> None:
-        """Stop every process (call once no invocation is under way)."""
-        with self._lock:
-            self._closed = True
-            workers = list(self._all)
-        for worker in workers:
-            worker.close()
 
 
 # --- what the state table shows per shard, beyond the engine's metrics --------------------

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
+from streams.mapping.invoke import NotInvoked
 from streams.mapping.workers import (
     MEMORY_ALLOWANCE_MB,
     EmfMetric,
@@ -395,30 +397,36 @@ def test_a_matching_python_runs_the_function_when_codeuri_carries_the_dependenci
 # --- the pool ----------------------------------------------------------------------------------
 
 
-def test_the_pool_gives_each_in_flight_slot_its_own_warm_worker() -> None:
-    with WorkerPool(function(), 2, interpreter=INTERPRETER) as pool:
-        with pool.acquire() as first, pool.acquire() as second:
-            assert first is not second
-            one = first.invoke({"action": "count"}).payload
-            other = second.invoke({"action": "count"}).payload
-        with pool.acquire() as again:  # the most recently returned worker: warm
-            warm = again.invoke({"action": "count"}).payload
+def test_the_pool_gives_each_batch_in_flight_its_own_worker_and_reuses_the_warm_one(
+    tmp_path: Path,
+) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    wait = {"action": "wait", "started": str(started), "release": str(release)}
+    results: list[Any] = []
+    with WorkerPool(function(), INTERPRETER) as invoke:
+        in_flight = threading.Thread(target=lambda: results.append(invoke(wait, 30).payload))
+        in_flight.start()
+        while not started.exists() and in_flight.is_alive():
+            time.sleep(0.01)
+        other = invoke({"action": "count"}, 30).payload  # while the first is still in flight
+        release.touch()
+        in_flight.join()
+        warm = invoke({"action": "count"}, 30).payload  # the most recently returned worker
 
-    assert one["pid"] != other["pid"]
-    assert warm["invocations"] == 2
-    assert warm["pid"] in {one["pid"], other["pid"]}
+    (first,) = results
+    assert first["pid"] != other["pid"]
+    assert (warm["pid"], warm["invocations"]) == (first["pid"], 2)
 
 
 def test_closing_the_pool_ends_every_worker_process() -> None:
-    pool = WorkerPool(function(), 2, interpreter=INTERPRETER)
-    with pool.acquire() as first, pool.acquire() as second:
-        pids = [w.invoke({"action": "count"}).payload["pid"] for w in (first, second)]
+    pool = WorkerPool(function(), INTERPRETER)
+    pid = pool({"action": "count"}, 30).payload["pid"]
 
     pool.close()
 
-    assert not [pid for pid in pids if pid_exists(pid)]
-    with pytest.raises(RuntimeError, match="closed"), pool.acquire():
-        pass
+    assert not pid_exists(pid)
+    with pytest.raises(NotInvoked, match="stopped"):
+        pool({"action": "count"}, 30)
 
 
 # --- the project's function --------------------------------------------------------------------
@@ -462,8 +470,8 @@ def test_the_projects_lambda_handler_runs_in_a_worker_and_its_metrics_are_captur
         },
     )
 
-    with WorkerPool(spec, 1, interpreter=INTERPRETER) as pool, pool.acquire() as worker:
-        result = worker.invoke(event)
+    with WorkerPool(spec, INTERPRETER) as invoke:
+        result = invoke(event, 30)
 
     assert result.error is None, result.error
     assert result.payload == {"batchItemFailures": []}

@@ -35,7 +35,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import re
 import secrets
 import selectors
@@ -47,7 +46,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -630,7 +628,7 @@ class Worker:
     """One warm function process, started on first use and replaced after a timeout or crash.
 
     An `Invoker` (`streams.mapping.invoke`): ``worker(event, deadline_seconds)``. Serves one
-    invocation at a time (`WorkerPool` hands each worker to one batch slot).
+    invocation at a time (`WorkerPool` hands each worker to one batch in flight).
     """
 
     def __init__(self, spec: FunctionSpec, interpreter: Interpreter) -> None:
@@ -752,48 +750,49 @@ def _crash(request_id: str, returncode: int) -> WorkerFunctionError:
 
 
 class WorkerPool:
-    """`size` workers of one function: one per in-flight batch slot.
+    """A function's worker processes, as the mappings' invoker: one per batch in flight.
 
     ```python
-    with WorkerPool(spec, size=shards * parallelization_factor) as pool:
-        with pool.acquire() as worker:      # blocks while every worker is busy
-            result = worker(event, timeout)
+    with WorkerPool(spec, interpreter) as invoke:
+        result = invoke(event, deadline_seconds)   # from any number of threads
     ```
 
-    The most recently used worker is handed out first (it is warm). `close` stops every
-    process; call it once the in-flight invocations are done.
+    A worker is taken for each invocation (the most recently used first: it is warm) and a new
+    one is made when all are busy. The engine keeps batches in flight at most shards times
+    `ParallelizationFactor`, and shards appear while it runs (a Kinesis split), so the number
+    of workers follows that bound instead of a size fixed at start. A worker starts its process
+    on its first invocation.
     """
 
-    def __init__(
-        self, spec: FunctionSpec, size: int, *, interpreter: Interpreter | None = None
-    ) -> None:
-        if size < 1:
-            raise ValueError(f"a worker pool needs at least one worker, not {size}")
-        self.spec = spec
-        self.interpreter = (
-            interpreter
-            if interpreter is not None
-            else resolve_interpreter(spec.runtime, spec.code_uri)
-        )
-        self._workers = [Worker(spec, self.interpreter) for _ in range(size)]
-        self._idle: queue.LifoQueue[Worker] = queue.LifoQueue()
-        for worker in self._workers:
-            self._idle.put(worker)
-        self._closed = threading.Event()
+    def __init__(self, spec: FunctionSpec, interpreter: Interpreter) -> None:
+        self._spec = spec
+        self._interpreter = interpreter
+        self._lock = threading.Lock()
+        self._idle: list[Worker] = []
+        self._all: list[Worker] = []
+        self._closed = False
 
-    @contextmanager
-    def acquire(self) -> Iterator[Worker]:
-        if self._closed.is_set():
-            raise RuntimeError("the worker pool is closed")
-        worker = self._idle.get()
+    def __call__(self, event: Mapping[str, Any], deadline_seconds: float) -> InvokeResult:
+        with self._lock:
+            if self._closed:
+                raise NotInvoked("the function's workers are stopped")
+            if self._idle:
+                worker = self._idle.pop()
+            else:
+                worker = Worker(self._spec, self._interpreter)
+                self._all.append(worker)
         try:
-            yield worker
+            return worker.invoke(event, deadline_seconds)
         finally:
-            self._idle.put(worker)
+            with self._lock:
+                self._idle.append(worker)
 
     def close(self) -> None:
-        self._closed.set()
-        for worker in self._workers:
+        """Stop every process (call once no invocation is under way)."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+        for worker in workers:
             worker.close()
 
     def __enter__(self) -> WorkerPool:

@@ -39,6 +39,11 @@ def handle(event: dict[str, Any], context: Any) -> Any:
         print("hanging", flush=True)
         while True:
             time.sleep(0.05)
+    if action == "wait":  # in flight until the test creates `release`
+        open(event["started"], "w").close()
+        while not os.path.exists(event["release"]):
+            time.sleep(0.01)
+        return {"invocations": invocations, "pid": os.getpid()}
     if action == "context":
         first = context.get_remaining_time_in_millis()
         time.sleep(0.05)
