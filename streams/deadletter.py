@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.backoff import exponential
 from streams.errors import UserError
 
 if TYPE_CHECKING:
@@ -292,7 +294,7 @@ class SqsDeadLetterQueue:
         pending = {entry["Id"]: (letter, entry) for letter, entry, _ in chunk}
         for attempt in range(self._attempts):
             if attempt:
-                self._sleep(self._retry_delay * 2 ** (attempt - 1))
+                self._sleep(exponential(attempt - 1, self._retry_delay, math.inf))
             try:
                 response = self.sqs.send_message_batch(
                     QueueUrl=self.queue_url, Entries=[entry for _, entry in pending.values()]

@@ -43,6 +43,7 @@ from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.backoff import exponential
 from streams.mapping.destinations import (
     Destination,
     FailureCondition,
@@ -104,7 +105,7 @@ class RetryBackoff:
     cap: float = 60.0
 
     def delay(self, attempt: int) -> float:
-        return min(self.base * 2.0 ** min(attempt, 62), self.cap)
+        return exponential(attempt, self.base, self.cap)
 
 
 @dataclass(frozen=True)
