@@ -361,18 +361,17 @@ class StreamProcessor:
         """After the handler failed on a record: park it, retry it in place, or stop here."""
         tries = 1
         while True:
-            if isinstance(error, Poison | RecordDecodeError):
-                # Explicit poison and undecodable content never count towards halt_after.
-                return _Outcome(
-                    self._letter(record, "poison", error, tries, function), False, tries - 1
-                )
-            if not self.is_transient(error):
+            # Explicit poison and undecodable content never count towards halt_after.
+            poison = isinstance(error, Poison | RecordDecodeError)
+            if not poison and not self.is_transient(error):
                 if self._halt.failure(type(error).__name__):
                     raise Halted(
                         f"{self._halt.count} consecutive {type(error).__name__} failures "
                         f"(halt_after={self._halt.limit}): failing the invocation instead "
                         "of parking more records"
                     ) from error
+                poison = True
+            if poison:
                 return _Outcome(
                     self._letter(record, "poison", error, tries, function), False, tries - 1
                 )

@@ -121,12 +121,11 @@ def _map(value: object) -> Image:
     return Image(value)
 
 
+# The rarer types; S, N and M are decoded before this is consulted.
 _DECODERS: dict[str, Callable[[Any], Any]] = {
-    "N": _number,
     "B": _binary,
     "BOOL": _boolean,
     "NULL": _null,
-    "M": _map,
     "L": _list,
     "SS": _string_set,
     "NS": _number_set,

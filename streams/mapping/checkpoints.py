@@ -412,9 +412,7 @@ class DynamoDBCheckpointStore:
     def _try_acquire(self) -> LeaseHolder:
         """One attempt: the holder afterwards (ourselves when it worked)."""
         now = self._clock()
-        current = self.client.get_item(
-            TableName=self.table_name, Key=self._item_key(_LEASE), ConsistentRead=True
-        ).get("Item")
+        current = self._get(_LEASE)
         version = 0
         if current is not None:
             holder = _lease_holder(current)
@@ -458,9 +456,7 @@ class DynamoDBCheckpointStore:
         return holder.host == self.host and not self._pid_alive(holder.pid)
 
     def _lost(self) -> LeaseLost:
-        current = self.client.get_item(
-            TableName=self.table_name, Key=self._item_key(_LEASE), ConsistentRead=True
-        ).get("Item")
+        current = self._get(_LEASE)
         now_held_by = _lease_holder(current).describe() if current else "nobody"
         return LeaseLost(
             f"mapping {self.mapping.function} on {self.mapping.source_arn}: this mapping "
