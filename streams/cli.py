@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from botocore.exceptions import NoCredentialsError
+from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
 from streams.errors import UserError
 
@@ -68,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             "streams: error: no AWS credentials: configure them (aws configure, AWS_PROFILE), "
             "or work locally (`streams local up`, or AWS_ENDPOINT_URL)",
+            file=sys.stderr,
+        )
+        return 2
+    except EndpointConnectionError as error:
+        # Commands that know which endpoint they meant say so themselves (`streams monitor`).
+        print(
+            f"streams: error: cannot reach {error.kwargs.get('endpoint_url')}: is "
+            "`streams local up` still running, or is the endpoint right?",
             file=sys.stderr,
         )
         return 2

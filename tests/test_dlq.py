@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,23 @@ def test_user_errors_are_one_line_and_non_zero(
     missing = queue + "-missing"
     assert main(["dlq", "list", "--queue-url", missing]) == 2
     assert "no such queue" in capsys.readouterr().err
+
+
+def test_an_endpoint_that_is_gone_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as listener:  # a port just given back: nothing listens there
+        listener.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", gone)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+
+    code = main(["dlq", "list", "--queue-url", f"{gone}/123456789012/parked"])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"streams: error: cannot reach {gone}")
 
 
 def test_the_endpoint_streams_local_up_recorded_is_used_with_its_own_credentials(
