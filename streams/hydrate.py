@@ -122,14 +122,23 @@ class Hydrator:
         self.dead_letters = dead_letters
         self._dynamodbstreams = dynamodbstreams
         self._kinesis = kinesis
+        # One source (and its client) per stream, kept across batches: a warm function
+        # hydrating message after message does not build a boto3 client for each.
+        self._sources: dict[str, DynamoDBStreamSource | KinesisStreamSource] = {}
+
+    def _source(self, batch: FailedBatch) -> DynamoDBStreamSource | KinesisStreamSource:
+        source = self._sources.get(batch.stream_arn)
+        if source is None:
+            if batch.source == "aws:dynamodb":
+                source = DynamoDBStreamSource(batch.stream_arn, client=self._dynamodbstreams)
+            else:
+                source = KinesisStreamSource(batch.stream_arn, client=self._kinesis)
+            self._sources[batch.stream_arn] = source
+        return source
 
     def read_back(self, batch: FailedBatch) -> list[StreamRecord]:
         """The batch's records the stream still has, in order, in Lambda's event shape."""
-        source: DynamoDBStreamSource | KinesisStreamSource
-        if batch.source == "aws:dynamodb":
-            source = DynamoDBStreamSource(batch.stream_arn, client=self._dynamodbstreams)
-        else:
-            source = KinesisStreamSource(batch.stream_arn, client=self._kinesis)
+        source = self._source(batch)
         try:
             reader = source.open(
                 batch.shard_id, Position("AT_SEQUENCE_NUMBER", batch.start_sequence_number)
