@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import boto3
 
 from streams.mapping.shapes import RecordShape, iso_millis
+from streams.sources.convert import arn_account, arn_region, arn_resource, arn_service
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -118,21 +119,14 @@ class Destination(Protocol):
     def send(self, record: OnFailureRecord) -> None: ...
 
 
-def _arn_parts(arn: str) -> list[str]:
-    parts = arn.split(":", 5)
-    if len(parts) != 6 or parts[0] != "arn":
-        raise ValueError(f"not an ARN: {arn!r}")
-    return parts
-
-
 class SqsDestination:
     """An SQS queue: the record is the message body."""
 
     def __init__(self, arn: str, client: SQSClient) -> None:
-        _, _, _, _, account, name = _arn_parts(arn)
+        name = arn_resource(arn)
         self.arn = arn
         self._client = client
-        self._account = account
+        self._account = arn_account(arn)
         self._name = name
         self._queue_url: str | None = None
 
@@ -165,7 +159,7 @@ class S3Destination:
 
     def __init__(self, arn: str, client: S3Client, *, mapping_id: str) -> None:
         self.arn = arn
-        self._bucket = _arn_parts(arn)[5]
+        self._bucket = arn_resource(arn)
         self._client = client
         self._mapping_id = mapping_id
 
@@ -193,7 +187,7 @@ def open_destination(
 ) -> Destination:
     """The destination an `OnFailure.Destination` ARN names, with a client in its region (on
     `endpoint_url` when given: a local endpoint)."""
-    service, region = _arn_parts(arn)[2:4]
+    service, region = arn_service(arn), arn_region(arn)
     if service == "sqs":
         return SqsDestination(
             arn, session.client("sqs", region_name=region, endpoint_url=endpoint_url)

@@ -16,6 +16,7 @@ from typing import Any, Final, Literal
 from streams.errors import UserError
 from streams.mapping.filters import FilterPattern, InvalidFilterPattern
 from streams.sources.base import EventSource
+from streams.sources.convert import arn_service
 
 __all__ = ["MAX_FILTERS", "MappingSettings", "StartingPosition"]
 
@@ -224,8 +225,11 @@ class MappingSettings:
 
     @staticmethod
     def _check_destination(arn: str) -> None:
-        parts = arn.split(":", 5)
-        if len(parts) != 6 or parts[0] != "arn" or parts[2] not in DESTINATION_SERVICES:
+        try:
+            service = arn_service(arn)
+        except ValueError:
+            service = None
+        if service not in DESTINATION_SERVICES:
             raise refuse(
                 "DestinationConfig.OnFailure.Destination",
                 f"{arn!r} is not the ARN of an SQS queue, an SNS topic or an S3 bucket",

@@ -21,6 +21,8 @@ __all__ = [
     "arn_account",
     "arn_partition",
     "arn_region",
+    "arn_resource",
+    "arn_service",
     "attribute_value_to_lambda",
     "dynamodb_record_to_lambda",
     "kinesis_record_to_lambda",
@@ -32,6 +34,11 @@ def arn_partition(arn: str) -> str:
     return _arn_field(arn, 1)
 
 
+def arn_service(arn: str) -> str:
+    """The service field of an ARN."""
+    return _arn_field(arn, 2)
+
+
 def arn_region(arn: str) -> str:
     """The region field of an ARN."""
     return _arn_field(arn, 3)
@@ -40,6 +47,11 @@ def arn_region(arn: str) -> str:
 def arn_account(arn: str) -> str:
     """The account field of an ARN."""
     return _arn_field(arn, 4)
+
+
+def arn_resource(arn: str) -> str:
+    """The resource field of an ARN: everything after the account."""
+    return _arn_field(arn, 5)
 
 
 def _arn_field(arn: str, index: int) -> str:
