@@ -21,7 +21,7 @@ from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Under
 from typing import Any, Literal, TypeAlias
 
 from streams.errors import EventError
-from streams.kpl import AGGREGATE_BASE64_PREFIX, deaggregate
+from streams.kpl import deaggregate, may_be_aggregate
 
 __all__ = [
     "DynamoDBRecord",
@@ -513,6 +513,7 @@ def parse_records(event: object) -> list[StreamRecord]:
     source = first.get("eventSource") if isinstance(first, Mapping) else None
     source_arn = first.get("eventSourceARN") if isinstance(first, Mapping) else None
     view_type = _VIEWS.get(source)  # type: ignore[arg-type]
+    kinesis = view_type is KinesisRecord  # only Kinesis records can be KPL aggregates
     views: list[StreamRecord] = []
     for position, raw in enumerate(records):
         try:
@@ -526,8 +527,7 @@ def parse_records(event: object) -> list[StreamRecord]:
             view = view_type(raw)  # type: ignore[misc]
         except (KeyError, TypeError, AttributeError, RecordDecodeError) as error:
             raise _envelope_error(position, raw) from error
-        data = view._data.get("data") if isinstance(view, KinesisRecord) else None
-        if type(data) is str and data.startswith(AGGREGATE_BASE64_PREFIX):
+        if kinesis and may_be_aggregate(raw):
             # A KPL aggregate becomes its user records (the aggregation library loads only here).
             views.extend(KinesisRecord(user, sub_sequence_number=n) for user, n in deaggregate(raw))
         else:
