@@ -206,14 +206,14 @@ class ShardDelivery:
             )
             self._log(len(fresh), outcome.description, outcome.succeeded, sent, result)
             if window is not None and outcome.state is not None:
-                window.state = outcome.state
+                window.pass_on(outcome.state)
             if outcome.succeeded:
                 self._mark_done(fresh)
                 final_delivered = final_delivered or is_final
-                if window is not None and not is_final and Window.state_too_large(window.state):
+                if window is not None and not is_final and window.state_too_large:
                     if not self.close_window(window, terminated_early=True):
                         return False
-                    window.state = {}
+                    window.pass_on({})
                 continue
             if not self._handle_failure(part, outcome, result, parts):
                 return False

@@ -352,7 +352,7 @@ class ShardWorker:
         """
         budget = PAYLOAD_LIMIT - _EVENT_OVERHEAD
         if window is not None:
-            budget -= len(json.dumps(window.state))
+            budget -= window.state_size
         batch_size = self._settings.batch_size
         seconds = self._settings.tumbling_window_in_seconds
         taken = 0

@@ -35,7 +35,21 @@ class Window:
 
     start: float
     seconds: int
-    state: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # replaced through `pass_on`
+    #: The state's size as JSON (ASCII: characters are bytes), measured once when it is set;
+    #: every batch's size budget and the 1 MB limit read it.
+    state_size: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.pass_on(self.state)
+
+    def pass_on(self, state: dict[str, Any]) -> None:
+        """The state the next invocation of this window gets."""
+        self.state, self.state_size = state, len(json.dumps(state))
+
+    @property
+    def state_too_large(self) -> bool:
+        return self.state_size > MAX_STATE_BYTES
 
     @property
     def end(self) -> float:
@@ -60,7 +74,3 @@ class Window:
             "isFinalInvokeForWindow": final,
             "isWindowTerminatedEarly": terminated_early,
         }
-
-    @staticmethod
-    def state_too_large(state: dict[str, Any]) -> bool:
-        return len(json.dumps(state).encode()) > MAX_STATE_BYTES
