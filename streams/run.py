@@ -67,8 +67,6 @@ from streams.mapping import (
 from streams.mapping.checkpoints import (
     DEFAULT_TABLE_NAME,
     DynamoDBCheckpointStore,
-    LeaseBusy,
-    LeaseHolder,
     LeaseLost,
     MappingId,
     ShardState,
@@ -629,7 +627,7 @@ class _StreamRun:
 
     def _run(self, exit_when_idle: float | None) -> None:
         store = self._store
-        if self._acquire(store) is None:
+        if store.acquire_lease(stop=self._stopping) is None:
             return  # stopped while waiting
         logger.info(
             "mapping %s on %s: lease taken", store.mapping.function, store.mapping.source_arn
@@ -639,24 +637,6 @@ class _StreamRun:
                 self._engine.run(exit_when_idle=exit_when_idle)
         finally:
             self._release(store)
-
-    def _acquire(self, store: DynamoDBCheckpointStore) -> LeaseHolder | None:
-        """The lease, once no other live mapping holds it; None if stopped while waiting."""
-        announced: str | None = None
-        while not self._stopping.is_set():
-            try:
-                return store.acquire_lease(timeout=0)
-            except LeaseBusy as busy:
-                if busy.holder.owner != announced:
-                    announced = busy.holder.owner
-                    logger.warning(
-                        "mapping %s on %s: waiting, another mapping runs it: %s",
-                        store.mapping.function,
-                        store.mapping.source_arn,
-                        busy.holder.describe(),
-                    )
-            self._stopping.wait(store.poll_seconds)
-        return None
 
     def _lost(self, lost: LeaseLost) -> None:
         logger.error("%s: stopping", lost)

@@ -338,15 +338,18 @@ class DynamoDBCheckpointStore:
 
     # --- the lease ------------------------------------------------------------------------------
 
-    def acquire_lease(self, timeout: float | None = None) -> LeaseHolder:
+    def acquire_lease(
+        self, timeout: float | None = None, *, stop: threading.Event | None = None
+    ) -> LeaseHolder | None:
         """Take the mapping's lease, waiting while another live mapping holds it.
 
         Logs one WARNING per holder waited for. Raises `LeaseBusy` after `timeout` seconds
-        (None: wait as long as it takes).
+        (None: wait as long as it takes). With `stop`, the wait ends as soon as it is set, and
+        then the result is None (only then).
         """
         give_up = None if timeout is None else self._clock() + timeout
         announced: str | None = None
-        while True:
+        while stop is None or not stop.is_set():
             holder = self._try_acquire()
             if holder.owner == self.owner:
                 return holder
@@ -360,7 +363,11 @@ class DynamoDBCheckpointStore:
                     self.mapping.source_arn,
                     holder.describe(),
                 )
-            self._sleep(self.poll_seconds)
+            if stop is None:
+                self._sleep(self.poll_seconds)
+            else:
+                stop.wait(self.poll_seconds)
+        return None
 
     def renew_lease(self) -> LeaseHolder:
         """Extend the lease by `lease_seconds` (the heartbeat). Raises `LeaseLost`."""
