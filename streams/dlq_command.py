@@ -9,8 +9,6 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
 from streams.deadletter import REASONS, SqsDeadLetterQueue
 from streams.dlq import (
     DEFAULT_VISIBILITY_SECONDS,
@@ -22,7 +20,7 @@ from streams.dlq import (
 from streams.errors import UserError
 from streams.handlers import load_handler
 from streams.hydrate import Hydrator, OnFailureQueue
-from streams.local import Endpoint, current_endpoint
+from streams.local import Endpoint, current_endpoint, stack_outputs
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -114,14 +112,7 @@ def _stack_output(endpoint: Endpoint, name: str) -> str | None:
     if endpoint.stack_name is None:
         return None
     cloudformation = endpoint.session().client("cloudformation", endpoint_url=endpoint.url)
-    try:
-        stacks = cloudformation.describe_stacks(StackName=endpoint.stack_name)["Stacks"]
-    except ClientError:
-        return None
-    for output in stacks[0].get("Outputs", []) if stacks else []:
-        if output.get("OutputKey") == name:
-            return output.get("OutputValue")
-    return None
+    return (stack_outputs(cloudformation, endpoint.stack_name) or {}).get(name)
 
 
 def _queue(args: argparse.Namespace, endpoint: Endpoint) -> str:

@@ -67,6 +67,7 @@ __all__ = [
     "parse_parameter_overrides",
     "read_recorded_endpoint",
     "record_endpoint",
+    "stack_outputs",
     "start_endpoint",
 ]
 
@@ -840,6 +841,22 @@ def _resolving_output(value: Mapping[str, Any], resource: Mapping[str, Any]) -> 
 def _digest(body: str, overrides: Mapping[str, str]) -> str:
     content = json.dumps({"template": body, "parameters": dict(sorted(overrides.items()))})
     return hashlib.sha256(content.encode()).hexdigest()
+
+
+def stack_outputs(cfn: CloudFormationClient, stack_name: str) -> dict[str, str] | None:
+    """A stack's outputs by key; None when there is no such stack."""
+    try:
+        stacks = cfn.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ValidationError":  # no such stack
+            return None
+        raise
+    return {
+        output["OutputKey"]: output["OutputValue"]
+        for stack in stacks
+        for output in stack.get("Outputs", [])
+        if "OutputKey" in output and "OutputValue" in output
+    }
 
 
 def _existing_stack(cfn: CloudFormationClient, stack_name: str) -> dict[str, str] | None:

@@ -38,6 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streams.deadletter import REASONS
 from streams.errors import UserError
+from streams.local import stack_outputs
 from streams.mapping.checkpoints import (
     DEFAULT_TABLE_NAME,
     MappingSnapshot,
@@ -304,19 +305,8 @@ def queues_from_stack(
     cloudformation: CloudFormationClient, stack_name: str
 ) -> tuple[QueueRef, ...] | None:
     """The queues the stack's outputs name; None when there is no such stack."""
-    try:
-        stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") == "ValidationError":  # no such stack
-            return None
-        raise
-    outputs = {
-        output["OutputKey"]: output["OutputValue"]
-        for stack in stacks
-        for output in stack.get("Outputs", [])
-        if "OutputKey" in output and "OutputValue" in output
-    }
-    return queues_from_outputs(outputs)
+    outputs = stack_outputs(cloudformation, stack_name)
+    return None if outputs is None else queues_from_outputs(outputs)
 
 
 def _queue_depth(sqs: SQSClient, queue: QueueRef, oldest_age: float | None) -> QueueDepth:
