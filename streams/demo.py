@@ -189,8 +189,7 @@ def _scan(client: Any, table: str) -> dict[str, dict[str, Any]]:
 
 
 def _parked_images(reader: DeadLetterQueueReader) -> list[dict[str, Any]]:
-    messages = reader.receive_all()
-    reader.release(messages)  # they stay parked: `streams dlq list` shows them
+    messages = reader.peek()
     images = []
     for message in messages:
         if message.reason != "poison":

@@ -122,6 +122,12 @@ class DeadLetterQueueReader:
                 messages.append(ParkedMessage(message["MessageId"], message["ReceiptHandle"], body))
         return messages
 
+    def peek(self, limit: int | None = None) -> list[ParkedMessage]:
+        """Every visible message (up to `limit`), released again at once: they stay parked."""
+        messages = self.receive_all(limit)
+        self.release(messages)
+        return messages
+
     def release(self, messages: Sequence[ParkedMessage]) -> None:
         """Make messages visible again at once (they stay parked)."""
         for chunk in _chunks(messages):

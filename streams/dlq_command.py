@@ -155,8 +155,7 @@ def _summary(message: ParkedMessage) -> dict[str, Any]:
 
 def _list(args: argparse.Namespace) -> int:
     reader, _ = _reader(args)
-    messages = reader.receive_all(args.limit)
-    reader.release(messages)
+    messages = reader.peek(args.limit)
     chosen = [
         m
         for m in sorted(messages, key=lambda m: str(m.body.get("failedAt")))
@@ -189,8 +188,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     reader, _ = _reader(args)
-    messages = reader.receive_all()
-    reader.release(messages)
+    messages = reader.peek()
     for message in messages:
         if message.message_id == args.message_id:
             print(json.dumps({"id": message.message_id, **message.body}, indent=2, default=str))
@@ -202,8 +200,7 @@ def _redrive(args: argparse.Namespace) -> int:
     handler = load_handler(args.handler)
     reader, _ = _reader(args, visibility=args.visibility_timeout)
     if args.dry_run:
-        messages = reader.receive_all(args.limit)
-        reader.release(messages)
+        messages = reader.peek(args.limit)
         for group in replay_order(messages):
             for message in group:
                 print(json.dumps(_summary(message), default=str))
