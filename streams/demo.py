@@ -19,7 +19,7 @@ Verification, for the updates written (in order):
 
 from __future__ import annotations
 
-import os
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,11 +36,9 @@ from streams.generate import STATUSES, generate_updates
 from streams.local import (
     DeployedStack,
     EndpointProcess,
-    RecordedEndpoint,
     deploy_template,
-    forget_endpoint,
+    endpoint_recorded,
     local_session,
-    record_endpoint,
 )
 from streams.monitor import LocalMonitor, MonitorSampler, MonitorSnapshot, queues_from_outputs
 from streams.run import LocalMapping
@@ -246,23 +244,16 @@ class Demo:
             stack = deploy_template(self.template, endpoint_url=endpoint.url)
             source_table = stack.outputs["SourceTableName"]
             self.say(f"stack {stack.stack_name}: {stack.status}; source table {source_table}")
-            recorded = RecordedEndpoint(
-                endpoint_url=endpoint.url,
-                region=stack.region,
-                stack_name=stack.stack_name,
-                template=str(self.template),
-                pid=os.getpid(),
+            recording = (
+                contextlib.nullcontext()
+                if self.state_file is None
+                else endpoint_recorded(endpoint.url, stack, self.template, self.state_file)
             )
-            if self.state_file is not None:
-                record_endpoint(recorded, self.state_file)
-            try:
+            with recording:
                 result = self._run(endpoint, stack, start)
                 if after is not None:
                     after(result, endpoint)
                 return result
-            finally:
-                if self.state_file is not None:
-                    forget_endpoint(self.state_file)
 
     def _run(self, endpoint: EndpointProcess, stack: DeployedStack, start: float) -> DemoResult:
         session = local_session(stack.region)

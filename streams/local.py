@@ -16,6 +16,7 @@ started from) so that other commands started there find it; see `current_endpoin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +63,7 @@ __all__ = [
     "StackResource",
     "current_endpoint",
     "deploy_template",
+    "endpoint_recorded",
     "forget_endpoint",
     "local_session",
     "parse_parameter_overrides",
@@ -287,6 +289,26 @@ def record_endpoint(recorded: RecordedEndpoint, path: Path = STATE_FILE) -> Path
     temporary.write_text(json.dumps(asdict(recorded), indent=2) + "\n")
     temporary.replace(path)  # readers never see half a file
     return path
+
+
+@contextlib.contextmanager
+def endpoint_recorded(
+    endpoint_url: str, stack: DeployedStack, template: str | Path, path: Path = STATE_FILE
+) -> Iterator[Path]:
+    """While the block runs, the endpoint and its stack are recorded in `path` for the other
+    commands (`current_endpoint`); the record is removed when it ends."""
+    recorded = RecordedEndpoint(
+        endpoint_url=endpoint_url,
+        region=stack.region,
+        stack_name=stack.stack_name,
+        template=str(template),
+        pid=os.getpid(),
+    )
+    record_endpoint(recorded, path)
+    try:
+        yield path
+    finally:
+        forget_endpoint(path)
 
 
 def _process_alive(pid: int) -> bool:

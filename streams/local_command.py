@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -22,13 +21,11 @@ from streams.local import (
     DEFAULT_TEMPLATE,
     STATE_FILE,
     DeployedStack,
-    RecordedEndpoint,
     current_endpoint,
     deploy_template,
-    forget_endpoint,
+    endpoint_recorded,
     parse_parameter_overrides,
     read_recorded_endpoint,
-    record_endpoint,
     start_endpoint,
 )
 
@@ -188,15 +185,7 @@ def _up(args: argparse.Namespace) -> int:
             region=args.region,
         )
         _report(stack, args.json)
-        recorded = RecordedEndpoint(
-            endpoint_url=endpoint.url,
-            region=stack.region,
-            stack_name=stack.stack_name,
-            template=str(stack.template),
-            pid=os.getpid(),
-        )
-        try:
-            state = record_endpoint(recorded)
+        with endpoint_recorded(endpoint.url, stack, stack.template) as state:
             print(
                 f"recorded in {state}: streams commands started in this directory use it; "
                 f"for other tools: export AWS_ENDPOINT_URL={endpoint.url}\n"
@@ -204,11 +193,10 @@ def _up(args: argparse.Namespace) -> int:
                 file=messages,
                 flush=True,
             )
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            print("streams: stopping the local endpoint", file=messages, flush=True)
-        finally:
-            forget_endpoint()
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                print("streams: stopping the local endpoint", file=messages, flush=True)
     return 0
 
 
