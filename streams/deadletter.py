@@ -236,16 +236,18 @@ class SqsDeadLetterQueue:
         ready: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]] = []
         limit = self.max_message_bytes
         for letter in letters:
-            body = json.dumps(dead_letter_message(letter), separators=(",", ":"), default=str)
+            message = dead_letter_message(letter)
+            body = json.dumps(message, separators=(",", ":"), default=str)
             attributes = _attributes(letter)
-            size = len(body.encode()) + _attributes_size(attributes)
+            attributes_size = _attributes_size(attributes)
+            size = len(body.encode()) + attributes_size
             if size > limit:
-                pointer = self._overflow(letter, body)
+                pointer = self._overflow(letter, message, body)
                 if pointer is None:
                     failed.append(letter)
                     continue
                 body = pointer
-                size = len(body.encode()) + _attributes_size(attributes)
+                size = len(body.encode()) + attributes_size
             entry: SendMessageBatchRequestEntryTypeDef = {
                 "Id": str(len(ready)),
                 "MessageBody": body,
@@ -256,14 +258,14 @@ class SqsDeadLetterQueue:
             failed.extend(self._send(chunk))
         return failed
 
-    def _overflow(self, letter: DeadLetter, body: str) -> str | None:
-        """Store the full message in S3 and return the pointer message, or None if it cannot."""
-        fields = letter.record.log_fields()
+    def _overflow(self, letter: DeadLetter, message: dict[str, Any], body: str) -> str | None:
+        """Store the full message (`body`, `message` serialised) in S3 and return the pointer
+        message, or None if it cannot."""
         if self.bucket is None:
             _log.error(
                 "dead-letter message too large for the queue and DEAD_LETTER_BUCKET is not set: "
                 "record not parked (it will be delivered again)",
-                extra={"record": fields},
+                extra={"record": letter.record.log_fields()},
             )
             return None
         key = f"dead-letters/{letter.failed_at:%Y/%m/%d}/{uuid.uuid4().hex}.json"
@@ -275,18 +277,17 @@ class SqsDeadLetterQueue:
             _log.error(
                 "cannot store a large dead-letter message in the overflow bucket: %s",
                 error,
-                extra={"record": fields},
+                extra={"record": letter.record.log_fields()},
             )
             return None
-        message = dead_letter_message(letter)
-        del message["record"]
-        message["error"] = {
+        pointer = {name: value for name, value in message.items() if name != "record"}
+        pointer["error"] = {
             "type": letter.error.type,
             "message": letter.error.message[:1000],
             "traceback": None,
         }
-        message["overflow"] = {"bucket": self.bucket, "key": key}
-        return json.dumps(message, separators=(",", ":"), default=str)
+        pointer["overflow"] = {"bucket": self.bucket, "key": key}
+        return json.dumps(pointer, separators=(",", ":"), default=str)
 
     def _send(
         self, chunk: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]]
