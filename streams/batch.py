@@ -23,8 +23,9 @@ import os
 import random as _random
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -242,7 +243,6 @@ class _Outcome:
 class _Counters:
     processed: int = 0
     retries: int = 0
-    parked: dict[str, int] = field(default_factory=dict)
 
 
 class StreamProcessor:
@@ -337,11 +337,11 @@ class StreamProcessor:
                     continue
                 pending.append((position, outcome.letter))
                 if len(pending) == SQS_BATCH_ENTRIES:
-                    unparked = self._flush(pending, parked, counters)
+                    unparked = self._flush(pending, parked)
                     if unparked is not None:
                         done, stop_cause = unparked, "dead-letter"
                         break
-            unparked = self._flush(pending, parked, counters)
+            unparked = self._flush(pending, parked)
             if unparked is not None and unparked < done:
                 done, stop_cause = unparked, "dead-letter"
             result = BatchResult(records, done, stop_cause, tuple(parked), counters.retries)
@@ -349,7 +349,7 @@ class StreamProcessor:
                 self._log_early_checkpoint(result)
             return result
         finally:
-            self._publish(records, counters, stop_cause)
+            self._publish(records, counters, parked, stop_cause)
 
     def _recover(
         self,
@@ -436,7 +436,6 @@ class StreamProcessor:
         self,
         pending: list[tuple[int, DeadLetter]],
         parked: list[DeadLetter],
-        counters: _Counters,
     ) -> int | None:
         """Park what is pending; the position of the first record that could not be parked."""
         if not pending:
@@ -452,7 +451,6 @@ class StreamProcessor:
                 continue
             if first_unparked is None:
                 parked.append(letter)
-                counters.parked[letter.reason] = counters.parked.get(letter.reason, 0) + 1
         pending.clear()
         return first_unparked
 
@@ -468,13 +466,16 @@ class StreamProcessor:
         )
 
     def _publish(
-        self, records: Sequence[StreamRecord], counters: _Counters, stop_cause: StopCause | None
+        self,
+        records: Sequence[StreamRecord],
+        counters: _Counters,
+        parked: Sequence[DeadLetter],
+        stop_cause: StopCause | None,
     ) -> None:
+        parked_by_reason = Counter(letter.reason for letter in parked)
         metrics = self.metrics
         metrics.add_metric(name="RecordsProcessed", unit=MetricUnit.Count, value=counters.processed)
-        metrics.add_metric(
-            name="RecordsParked", unit=MetricUnit.Count, value=sum(counters.parked.values())
-        )
+        metrics.add_metric(name="RecordsParked", unit=MetricUnit.Count, value=len(parked))
         metrics.add_metric(name="TransientRetries", unit=MetricUnit.Count, value=counters.retries)
         metrics.add_metric(
             name="EarlyCheckpoints", unit=MetricUnit.Count, value=int(stop_cause is not None)
@@ -490,7 +491,7 @@ class StreamProcessor:
         metrics.flush_metrics()
         # Parked by reason: one EMF document per reason, with `reason` as an extra dimension.
         provider = metrics.provider
-        for reason, count in counters.parked.items():
+        for reason, count in parked_by_reason.items():
             with single_metric(
                 name="RecordsParked",
                 unit=MetricUnit.Count,
