@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from streams.batch import DEFAULT_MAX_RECORD_AGE, MAX_RECORD_AGE_VARIABLE
-from streams.errors import UserError
 from streams.local import (
+    DEFAULT_TEMPLATE,
     function_code_uri,
     mapping_function,
     parse_parameter_overrides,
@@ -170,7 +170,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "settings that would lose records or defeat the batch core. Exit code 1 when it "
         "finds any.",
     )
-    parser.add_argument("--template", type=Path, default=Path("template.yaml"))
+    parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE)
     parser.add_argument(
         "--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="as sam deploy"
     )
@@ -178,8 +178,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not args.template.is_file():
-        raise UserError(f"template not found: {args.template} (pass --template PATH)")
     findings = check_template(
         args.template, parameter_overrides=parse_parameter_overrides(args.parameter_overrides)
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from streams.demo import Demo, DemoResult, Progress
 from streams.errors import UserError
-from streams.local import STATE_FILE, EndpointProcess
+from streams.local import DEFAULT_TEMPLATE, STATE_FILE, EndpointProcess
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--poison-rate", type=float, default=0.01, help="fraction of malformed updates (0.01)"
     )
     parser.add_argument("--seed", type=int, default=2026, help="the burst's random seed")
-    parser.add_argument("--template", type=Path, default=Path("template.yaml"))
+    parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE)
     parser.add_argument("--port", type=int, default=0, help="the endpoint's port (default: free)")
     parser.add_argument(
         "--chart",
