@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.local import EndpointProcess, deploy_template, local_session
-from streams.run import LocalMapping
+from streams.local.endpoint import EndpointProcess, deploy_template, local_session
+from streams.local.run import LocalMapping
 
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 BATCH_WRITE = 25  # BatchWriteItem's limit

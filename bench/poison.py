@@ -36,9 +36,9 @@ from typing import Any
 
 from mapping import RUNTIME, fill, moto_server, write_function
 
-from streams.local import DeployedStack, deploy_template, local_session
+from streams.local.endpoint import DeployedStack, deploy_template, local_session
+from streams.local.run import LocalMapping
 from streams.mapping import Invocation
-from streams.run import LocalMapping
 
 RECORDS = 1000
 POISON_INDEX = 500

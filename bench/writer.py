@@ -34,7 +34,7 @@ import boto3
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streams.generate import generate_updates
+from streams.demo.generate import generate_updates
 from streams.writer import TableWriter
 
 BATCH_WRITE = "dynamodb.BatchWriteItem"

@@ -27,14 +27,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from streams.backoff import full_jitter
+from streams.backoff import Backoff, is_throttling
 from streams.deadletter import (
     SQS_BATCH_ENTRIES,
     DeadLetter,
@@ -112,8 +112,8 @@ class RetryPolicy:
         if self.retries < 0 or self.base_delay < 0 or self.max_delay < 0:
             raise ValueError("RetryPolicy values must not be negative")
 
-    def delay(self, retry: int, rand: Callable[[], float]) -> float:
-        return full_jitter(retry, self.base_delay, self.max_delay, rand)
+    def backoff(self, random: Callable[[], float]) -> Backoff:
+        return Backoff(self.base_delay, self.max_delay, random=random)
 
 
 class TransientErrors:
@@ -122,25 +122,6 @@ class TransientErrors:
     Transient: `Transient`; a `ClientError` whose code is a throttling code or whose HTTP status
     is 5xx; a connection error or timeout (botocore's, or the built-in ones); any type in `extra`.
     """
-
-    THROTTLING_CODES = frozenset(
-        {
-            "ThrottlingException",
-            "Throttling",
-            "ThrottledException",
-            "RequestThrottledException",
-            "TooManyRequestsException",
-            "ProvisionedThroughputExceededException",
-            "RequestLimitExceeded",
-            "TransactionInProgressException",
-            "RequestThrottled",
-            "SlowDown",
-            "BandwidthLimitExceeded",
-            "LimitExceededException",
-            "PriorRequestNotComplete",
-            "EC2ThrottledException",
-        }
-    )
 
     def __init__(self, extra: Sequence[type[BaseException]] = ()) -> None:
         self._types: tuple[type[BaseException], ...] = (
@@ -154,15 +135,9 @@ class TransientErrors:
 
     def __call__(self, error: BaseException) -> bool:
         if isinstance(error, ClientError):
-            response = error.response
-            code = response.get("Error", {}).get("Code", "")
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            return code in self.THROTTLING_CODES or status >= 500
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return is_throttling(error) or status >= 500
         return isinstance(error, self._types)
-
-
-class LambdaContext(Protocol):
-    def get_remaining_time_in_millis(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -298,7 +273,7 @@ class StreamProcessor:
         )
         self._clock = clock
         self._sleep = sleep
-        self._random = random
+        self._backoff = self.retry.backoff(random)
 
     def process(self, event: object, context: object = None) -> dict[str, list[dict[str, str]]]:
         """Handle one Lambda stream event; returns the partial batch response."""
@@ -376,7 +351,7 @@ class StreamProcessor:
                     self._letter(record, "poison", error, tries, function), False, tries - 1
                 )
             if tries > self.retry.retries or not deadline.allows(
-                delay := self.retry.delay(tries - 1, self._random)
+                delay := self._backoff.delay(tries - 1)
             ):
                 if self._too_old(record):
                     return _Outcome(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streams.backoff import exponential
+from streams.backoff import Backoff
 from streams.errors import UserError
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class SqsDeadLetterQueue:
         self._sqs = sqs
         self._s3 = s3
         self._attempts = attempts
-        self._retry_delay = retry_delay
+        self._backoff = Backoff(retry_delay, math.inf, jitter=False)
         self._sleep = sleep
         self._max_bytes: int | None = None
 
@@ -295,7 +295,7 @@ class SqsDeadLetterQueue:
         pending = {entry["Id"]: (letter, entry) for letter, entry, _ in chunk}
         for attempt in range(self._attempts):
             if attempt:
-                self._sleep(exponential(attempt - 1, self._retry_delay, math.inf))
+                self._sleep(self._backoff.delay(attempt - 1))
             try:
                 response = self.sqs.send_message_batch(
                     QueueUrl=self.queue_url, Entries=[entry for _, entry in pending.values()]

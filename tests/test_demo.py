@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from streams.cli import main
-from streams.demo import verify
-from streams.generate import generate_updates
+from streams.demo.burst import verify
+from streams.demo.generate import generate_updates
 
 ROOT = Path(__file__).resolve().parent.parent
 

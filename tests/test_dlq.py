@@ -16,8 +16,8 @@ from aws_lambda_powertools import Logger
 
 from streams import Poison, SqsDeadLetterQueue, StreamProcessor
 from streams.cli import main
-from streams.dlq import DeadLetterQueueReader, redrive
-from streams.local import RecordedEndpoint, record_endpoint
+from streams.local.endpoint import RecordedEndpoint, record_endpoint
+from streams.ops.dlq import DeadLetterQueueReader, redrive
 from tests import dlq_handlers
 from tests.factories import FakeClock, dynamodb_record
 

@@ -9,8 +9,8 @@ import boto3
 import pytest
 
 from streams.cli import main
-from streams.dlq import DeadLetterQueueReader
 from streams.hydrate import NotAnOnFailureRecord, parse_on_failure
+from streams.ops.dlq import DeadLetterQueueReader
 from streams.sources import DynamoDBStreamSource, Position
 
 

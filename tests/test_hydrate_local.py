@@ -14,18 +14,19 @@ import boto3
 import pytest
 from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
 
+from streams.backoff import Backoff
 from streams.cli import main
-from streams.dlq import DeadLetterQueueReader
-from streams.local import DeployedStack, deploy_template
-from streams.mapping import Invocation, RetryBackoff
-from streams.run import LocalMapping
+from streams.local.endpoint import DeployedStack, deploy_template
+from streams.local.run import LocalMapping
+from streams.mapping import Invocation
+from streams.ops.dlq import DeadLetterQueueReader
 from streams.sources import DynamoDBStreamSource, Position
 from tests.run_functions import HYDRATE_TEMPLATE
 
 REPOSITORY = Path(__file__).parent.parent
 TEMPLATE = REPOSITORY / "template.yaml"
 # Retry a failed batch at once: the rules here are about what is given up, not when.
-NO_PAUSE = RetryBackoff(base=0.01, cap=0.01)
+NO_PAUSE = Backoff(base=0.01, cap=0.01, jitter=False)
 CHILDREN = ("child-0", "child-1", "child-2")
 
 

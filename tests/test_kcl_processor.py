@@ -16,7 +16,8 @@ import pytest
 from aws_lambda_powertools import Logger
 
 from streams import Poison, RetryPolicy, StreamProcessor, Transient
-from streams.kcl import Backoff, KclRecordProcessor, StreamSource, run
+from streams.backoff import Backoff
+from streams.kcl.processor import KclRecordProcessor, StreamSource, run
 from tests.factories import NOW, FakeClock, MemorySink, ScriptedHandler
 from tests.kcl_handlers import (
     SHARD,
@@ -83,12 +84,6 @@ def transient_on_calls(*calls: int) -> Any:
             raise Transient(f"call {call}")
 
     return action
-
-
-def test_backoff_is_truncated_binary_exponential_with_full_jitter() -> None:
-    backoff = Backoff(base_delay=1.0, max_delay=5.0)
-    assert [backoff.delay(retry, lambda: 0.5) for retry in range(5)] == [0.5, 1, 2, 2.5, 2.5]
-    assert backoff.delay(3, lambda: 0.0) == 0.0
 
 
 def test_held_record_is_rerun_after_growing_waits_until_it_succeeds() -> None:

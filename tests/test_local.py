@@ -1,5 +1,5 @@
 """The embedded endpoint and templates turned into resources by the SAM translator and moto's
-CloudFormation (`streams.local`)."""
+CloudFormation (`streams.local.endpoint`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 
 from streams.errors import UserError
-from streams.local import (
+from streams.local.endpoint import (
     DeployedStack,
     RecordedEndpoint,
     current_endpoint,

@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from streams.cli import main
-from streams.local import STATE_FILE, RecordedEndpoint, record_endpoint
+from streams.local.endpoint import STATE_FILE, RecordedEndpoint, record_endpoint
 
 TEMPLATES = Path(__file__).parent / "templates"
 SAM_APP = TEMPLATES / "sam-app.yaml"

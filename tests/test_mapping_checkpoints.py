@@ -15,7 +15,8 @@ from typing import Any
 import boto3
 import pytest
 
-from streams.mapping.checkpoints import (
+from streams.mapping.function.pool import EmfMetric
+from streams.mapping.state.table import (
     DynamoDBCheckpointStore,
     LeaseBusy,
     LeaseLost,
@@ -23,7 +24,6 @@ from streams.mapping.checkpoints import (
     function_counts,
     read_mappings,
 )
-from streams.mapping.workers import EmfMetric
 from tests.factories import STREAM_ARN, FakeClock
 
 MAPPING = MappingId("ProcessorFunction", STREAM_ARN)
@@ -135,7 +135,7 @@ def test_after_kill_9_the_restarted_mapping_takes_over_at_once_and_resumes(
 ) -> None:
     make_store()  # the table exists before the mapping process starts
     script = f"""
-from streams.mapping.checkpoints import DynamoDBCheckpointStore, MappingId
+from streams.mapping.state.table import DynamoDBCheckpointStore, MappingId
 store = DynamoDBCheckpointStore(MappingId({MAPPING.function!r}, {MAPPING.source_arn!r}),
                                 table_name={unique_name!r})
 store.acquire_lease()

@@ -18,12 +18,12 @@ from typing import Any
 import boto3
 import pytest
 
+from streams.backoff import Backoff
 from streams.mapping import (
     EventSourceMapping,
     MappingSettings,
     MemoryCheckpointStore,
     NotInvoked,
-    RetryBackoff,
 )
 from streams.mapping.invoke import InvokeResult
 from tests.test_mapping_support import (
@@ -1120,7 +1120,7 @@ def test_retries_pause_twice_as_long_each_time_up_to_the_cap() -> None:
         Recorder(function),
         clock=clock,
         sleep=sleep,
-        backoff=RetryBackoff(base=1.0, cap=4.0),
+        backoff=Backoff(base=1.0, cap=4.0, jitter=False),
     )
 
     pauses: list[float] = []

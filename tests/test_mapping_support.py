@@ -19,6 +19,7 @@ from typing import Any
 
 import boto3
 
+from streams.backoff import Backoff
 from streams.mapping import (
     EventSourceMapping,
     InProcessInvoker,
@@ -26,7 +27,6 @@ from streams.mapping import (
     MappingSettings,
     MemoryCheckpointStore,
     MetricCounters,
-    RetryBackoff,
 )
 from streams.sources import DynamoDBStreamSource, KinesisStreamSource
 from streams.sources.base import EventSource, Position, ReadResult, Shard, ShardSource
@@ -358,7 +358,7 @@ def mapping(
     settings = MappingSettings.from_properties(
         {"StartingPosition": "TRIM_HORIZON", **properties}, source.event_source
     )
-    options.setdefault("backoff", RetryBackoff(base=1.0, cap=8.0))
+    options.setdefault("backoff", Backoff(base=1.0, cap=8.0, jitter=False))
     options.setdefault("sleep", clock.sleep)
     engine = EventSourceMapping(
         settings,

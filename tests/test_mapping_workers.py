@@ -17,8 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from streams.mapping.invoke import NotInvoked
-from streams.mapping.workers import (
+from streams.mapping.function.pool import (
     MEMORY_ALLOWANCE_MB,
     EmfMetric,
     FunctionSpec,
@@ -27,6 +26,7 @@ from streams.mapping.workers import (
     WorkerPool,
     resolve_interpreter,
 )
+from streams.mapping.invoke import NotInvoked
 from tests.factories import dynamodb_record
 
 HANDLERS = Path(__file__).parent / "handlers"
@@ -275,7 +275,7 @@ def test_workers_of_a_mapping_killed_with_sigkill_do_not_outlive_their_invocatio
     script = f"""
 import logging, sys
 from pathlib import Path
-from streams.mapping.workers import FunctionSpec, Interpreter, Worker
+from streams.mapping.function.pool import FunctionSpec, Interpreter, Worker
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
 spec = FunctionSpec("orphans", Path({str(HANDLERS)!r}), "functions.handle",
                     runtime={OURS!r}, timeout=1)

@@ -19,8 +19,8 @@ import boto3
 import pytest
 
 from streams.errors import UserError
-from streams.mapping.checkpoints import DynamoDBCheckpointStore, MappingId
-from streams.monitor import (
+from streams.mapping.state.table import DynamoDBCheckpointStore, MappingId
+from streams.monitor.model import (
     DEAD_LETTER,
     ON_FAILURE,
     PLOT_EXTRA_HINT,
@@ -516,7 +516,7 @@ def test_fail_above_names_the_function_on_aws(aws: boto3.Session, published: Dep
 
 
 def snapshot_at(at_: float, age_ms: float | None, rate: float | None) -> MonitorSnapshot:
-    from streams.monitor import Row, Totals
+    from streams.monitor.model import Row, Totals
 
     row = Row(
         label="shardId-1",

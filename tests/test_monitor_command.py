@@ -18,9 +18,9 @@ from botocore.exceptions import EndpointConnectionError
 from rich.console import Console
 
 from streams.cli import build_parser, main
-from streams.mapping.checkpoints import DynamoDBCheckpointStore, MappingId
-from streams.monitor import LocalMonitor
-from streams.monitor_command import run
+from streams.cli.monitor import run
+from streams.mapping.state.table import DynamoDBCheckpointStore, MappingId
+from streams.monitor.model import LocalMonitor
 from tests.factories import STREAM_ARN, FakeClock
 from tests.test_monitor import PNG_MAGIC, deploy, publish_three_minutes
 

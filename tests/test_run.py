@@ -13,13 +13,14 @@ import boto3
 import pytest
 
 from processor.naughty_nice import read_child
+from streams.backoff import Backoff
 from streams.errors import UserError
-from streams.local import DeployedStack, deploy_template
-from streams.mapping import Invocation, RetryBackoff
-from streams.mapping.checkpoints import DynamoDBCheckpointStore, MappingId
+from streams.local.endpoint import DeployedStack, deploy_template
+from streams.local.run import LocalMapping
+from streams.mapping import Invocation
+from streams.mapping.function.pool import WorkerFunctionError
 from streams.mapping.sqs import QueueSettings
-from streams.mapping.workers import WorkerFunctionError
-from streams.run import LocalMapping
+from streams.mapping.state.table import DynamoDBCheckpointStore, MappingId
 from tests.conftest import REGION
 from tests.run_functions import (
     KINESIS_TEMPLATE,
@@ -33,7 +34,7 @@ from tests.run_functions import (
 
 REPOSITORY = Path(__file__).parent.parent
 # Retry a failed batch at once: the rules here are about what is retried, not when.
-NO_PAUSE = RetryBackoff(base=0.01, cap=0.01)
+NO_PAUSE = Backoff(base=0.01, cap=0.01, jitter=False)
 
 
 # --- the real template and processor, end to end ------------------------------------------

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from streams.cli import main
+from streams.cli.run import Summary
 from streams.mapping import Invocation, InvokeResult
 from streams.mapping.invoke import FunctionError
-from streams.run_command import Summary
 from tests.run_functions import (
     TEMPLATE,
     Instrumented,

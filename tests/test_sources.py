@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +19,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
+from streams.backoff import Backoff
 from streams.sources import (
-    Backoff,
     DynamoDBStreamSource,
     KinesisStreamSource,
     Position,
@@ -29,6 +29,7 @@ from streams.sources import (
     startable_shards,
 )
 from streams.sources.kinesis import LATEST_RENEWAL_MARGIN_SECONDS
+from streams.sources.reader import DEFAULT_BACKOFF as READER_BACKOFF
 
 # --- botocore hooks on a real client ------------------------------------------------------
 
@@ -350,7 +351,7 @@ def test_dynamodb_parent_is_read_to_its_ending_sequence_number_before_its_child_
 ) -> None:
     # GIVEN moto's one shard presented as a closed parent on DescribeStream's first page and a
     # child on the second (DynamoDB rolls shards over about every 4 hours; moto never does)
-    stream = _dynamodb_stream(aws, unique_name, Backoff())
+    stream = _dynamodb_stream(aws, unique_name, READER_BACKOFF)
     stream.write(4)
     parent_id = stream.shard_id
     records = stream.source.open(parent_id, Position("TRIM_HORIZON")).read(100)
@@ -392,7 +393,7 @@ def test_dynamodb_parent_is_read_to_its_ending_sequence_number_before_its_child_
 def test_dynamodb_streams_has_no_at_timestamp_position(
     aws: boto3.Session, unique_name: str
 ) -> None:
-    stream = _dynamodb_stream(aws, unique_name, Backoff())
+    stream = _dynamodb_stream(aws, unique_name, READER_BACKOFF)
     with pytest.raises(ValueError, match="AT_TIMESTAMP"):
         stream.source.open(stream.shard_id, Position("AT_TIMESTAMP", timestamp=datetime.now(UTC)))
 
@@ -400,7 +401,7 @@ def test_dynamodb_streams_has_no_at_timestamp_position(
 def test_dynamodb_an_iterator_at_latest_expired_before_any_record_says_what_it_skips(
     aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stream = _dynamodb_stream(aws, unique_name, Backoff())
+    stream = _dynamodb_stream(aws, unique_name, READER_BACKOFF)
     reader = stream.source.open(stream.shard_id, Position("LATEST"))
     assert reader.read(10).records == []
     stream.hooks.fail_next("GetRecords", "ExpiredIteratorException")
@@ -455,7 +456,7 @@ def test_kinesis_list_shards_pages_with_next_token_alone(
 def test_kinesis_split_closes_the_parent_which_ends_after_its_last_record(
     aws: boto3.Session, unique_name: str
 ) -> None:
-    stream = _kinesis_stream(aws, unique_name, Backoff())
+    stream = _kinesis_stream(aws, unique_name, READER_BACKOFF)
     stream.write(5)
     parent_id = stream.shard_id
     client = aws.client("kinesis")
@@ -482,7 +483,7 @@ def test_kinesis_split_closes_the_parent_which_ends_after_its_last_record(
 def test_kinesis_merge_gives_the_child_two_parents_and_it_waits_for_both(
     aws: boto3.Session, unique_name: str
 ) -> None:
-    stream = _kinesis_stream(aws, unique_name, Backoff(), shards=2)
+    stream = _kinesis_stream(aws, unique_name, READER_BACKOFF, shards=2)
     client = aws.client("kinesis")
     first, second = (shard.shard_id for shard in stream.source.list_shards())
     client.merge_shards(
@@ -500,7 +501,7 @@ def test_kinesis_merge_gives_the_child_two_parents_and_it_waits_for_both(
 def test_kinesis_an_empty_closed_shard_ends_on_its_first_read(
     aws: boto3.Session, unique_name: str
 ) -> None:
-    stream = _kinesis_stream(aws, unique_name, Backoff())
+    stream = _kinesis_stream(aws, unique_name, READER_BACKOFF)
     parent_id = stream.shard_id
     aws.client("kinesis").update_shard_count(
         StreamARN=stream.source.source_arn, TargetShardCount=2, ScalingType="UNIFORM_SCALING"
@@ -515,7 +516,7 @@ def test_kinesis_an_empty_closed_shard_ends_on_its_first_read(
 def test_kinesis_child_shards_in_a_reply_end_the_shard(
     aws: boto3.Session, unique_name: str
 ) -> None:
-    stream = _kinesis_stream(aws, unique_name, Backoff())
+    stream = _kinesis_stream(aws, unique_name, READER_BACKOFF)
     stream.write(2)
 
     def closed(parsed: dict[str, Any], params: dict[str, Any]) -> None:
@@ -537,7 +538,7 @@ def test_kinesis_child_shards_in_a_reply_end_the_shard(
 def test_kinesis_at_timestamp_passes_the_time_and_starts_there(
     aws: boto3.Session, unique_name: str
 ) -> None:
-    stream = _kinesis_stream(aws, unique_name, Backoff())
+    stream = _kinesis_stream(aws, unique_name, READER_BACKOFF)
     stream.write(3)
     past = datetime(2000, 1, 1, tzinfo=UTC)
     future = datetime.now(UTC) + timedelta(hours=1)
@@ -556,7 +557,7 @@ def test_kinesis_an_iterator_at_latest_expired_before_any_record_restarts_from_w
 ) -> None:
     # This machine's clock runs 30 s ahead of AWS's: still within the renewal's margin.
     wall = time.time() + 30
-    stream = _kinesis_stream(aws, unique_name, Backoff(), wall_clock=lambda: wall)
+    stream = _kinesis_stream(aws, unique_name, READER_BACKOFF, wall_clock=lambda: wall)
     reader = stream.source.open(stream.shard_id, Position("LATEST"))
     assert reader.read(10).records == []
     stream.write(3)  # while the iterator expires
@@ -575,7 +576,7 @@ def test_kinesis_an_iterator_at_latest_expired_before_any_record_restarts_from_w
 
 
 def test_kinesis_invoke_identity_can_be_chosen(aws: boto3.Session, unique_name: str) -> None:
-    stream = _kinesis_stream(aws, unique_name, Backoff())
+    stream = _kinesis_stream(aws, unique_name, READER_BACKOFF)
     stream.write(1)
     role = "arn:aws:iam::123456789012:role/processor-role"
     source = KinesisStreamSource(stream.source.source_arn, invoke_identity_arn=role)
@@ -617,10 +618,3 @@ def test_started_or_finished_shards_are_not_started_again() -> None:
     shards = _shards(("a", ()), ("b", ()), ("c", ()))
     ready = startable_shards(shards, finished={"a"}, started={"a", "b"})
     assert [shard.shard_id for shard in ready] == ["c"]
-
-
-def test_backoff_is_full_jitter_below_a_doubling_cap() -> None:
-    draws: Iterator[float] = iter([0.5, 0.5, 0.5, 0.5])
-    backoff = Backoff(base=0.25, cap=1.0, random=lambda: next(draws))
-    assert [backoff.delay(attempt) for attempt in range(4)] == [0.125, 0.25, 0.5, 0.5]
-    assert Backoff(random=lambda: 1.0).delay(10_000) == Backoff().cap

@@ -19,8 +19,8 @@ import boto3
 import pytest
 
 from streams.cli import main
-from streams.generate import generate_updates
-from streams.local import RecordedEndpoint, record_endpoint
+from streams.demo.generate import generate_updates
+from streams.local.endpoint import RecordedEndpoint, record_endpoint
 
 
 def create_table(aws: boto3.Session, name: str, **overrides: Any) -> None:

@@ -27,16 +27,10 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 
+from streams.demo.generate import generate_updates
 from streams.errors import UserError
-from streams.generate import generate_updates
-from streams.writer import (
-    Backoff,
-    InvalidItemError,
-    RatePolicy,
-    SendingRate,
-    TableWriteError,
-    TableWriter,
-)
+from streams.writer import InvalidItemError, RatePolicy, TableWriteError, TableWriter
+from streams.writer.pacing import SendingRate
 
 BATCH_WRITE = "dynamodb.BatchWriteItem"
 
@@ -619,22 +613,9 @@ def test_throttles_within_the_cooldown_cut_the_rate_once() -> None:
     assert rate.rate() == 10  # nothing accepted within the last second: down to the floor
 
 
-def test_backoff_is_full_jitter_over_a_doubling_capped_window() -> None:
-    backoff = Backoff(base=0.05, cap=1.0)
-    assert [backoff.delay(a, lambda: 1.0) for a in (1, 2, 3, 5, 6, 1000)] == [
-        0.05,
-        0.1,
-        0.2,
-        0.8,
-        1.0,
-        1.0,
-    ]
-    assert backoff.delay(2, lambda: 0.5) == 0.05
-
-
 # -- the Lambda package stays lean --------------------------------------------------------------
 
 
 def test_the_writer_does_not_import_rich() -> None:
-    code = "import sys, streams.writer, streams.generate; sys.exit('rich' in sys.modules)"
+    code = "import sys, streams.writer, streams.demo.generate; sys.exit('rich' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -11,7 +11,7 @@ The seams: a `ShardSource` (`streams.sources`), an `Invoker` (the function), a
 
 from __future__ import annotations
 
-from streams.mapping.delivery import Invocation, RetryBackoff
+from streams.mapping.delivery import DEFAULT_RETRY_BACKOFF, Invocation
 from streams.mapping.destinations import (
     Destination,
     OnFailureRecord,
@@ -40,6 +40,7 @@ from streams.mapping.state import (
 
 __all__ = [
     "DEFAULT_RETENTION_SECONDS",
+    "DEFAULT_RETRY_BACKOFF",
     "CheckpointStore",
     "Destination",
     "EventSourceMapping",
@@ -59,7 +60,6 @@ __all__ = [
     "OnFailureRecord",
     "RecordFilter",
     "ResponseContext",
-    "RetryBackoff",
     "on_failure_record",
     "open_destination",
 ]

@@ -17,7 +17,7 @@ For each part of a batch still to deliver, in order:
      *function* error is split into halves, delivered in order; splitting uses no retry.
      **Each half keeps its own retry counter, starting from its parent's count** (AWS does not
      document this; it is our choice);
-   - otherwise the failed records are retried after a pause (`RetryBackoff`) while
+   - otherwise the failed records are retried after a pause (`DEFAULT_RETRY_BACKOFF`) while
      `MaximumRetryAttempts` allows (-1: until the records expire); a partial failure retries
      from the lowest reported record and counts as a retry;
    - otherwise they are given up: `RetryAttemptsExhausted`, `approximateInvokeCount` = the
@@ -43,7 +43,7 @@ from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streams.backoff import exponential
+from streams.backoff import Backoff
 from streams.mapping.destinations import (
     Destination,
     FailureCondition,
@@ -58,7 +58,7 @@ from streams.mapping.shapes import RecordShape
 from streams.mapping.state import EVENT_COUNT_METRICS, MetricName, MetricsSink
 from streams.mapping.windows import Window
 
-__all__ = ["Entry", "Invocation", "MappingContext", "RetryBackoff", "ShardDelivery"]
+__all__ = ["DEFAULT_RETRY_BACKOFF", "Entry", "Invocation", "MappingContext", "ShardDelivery"]
 
 logger = logging.getLogger("streams.mapping")
 
@@ -90,22 +90,14 @@ class Entry:
         return self.record
 
 
-@dataclass(frozen=True)
-class RetryBackoff:
-    """The pause before retry `n` (0-based) of a failed batch: `min(base * 2 ** n, cap)` seconds.
-
-    AWS does not document its pacing. With these defaults a record failing from its arrival,
-    under `MaximumRecordAgeInSeconds: 60` and unlimited retries, is invoked 6 times and given
-    up with `approximateInvokeCount` 7; AWS's recording of that case shows 8. The same pause
-    applies, by number of tries, to a function that could not be invoked and to a destination
-    that refused a record.
-    """
-
-    base: float = 1.0
-    cap: float = 60.0
-
-    def delay(self, attempt: int) -> float:
-        return exponential(attempt, self.base, self.cap)
+#: The pause before retry `n` (0-based) of a failed batch: `min(2 ** n, 60)` seconds.
+#:
+#: AWS does not document its pacing. With this one a record failing from its arrival, under
+#: `MaximumRecordAgeInSeconds: 60` and unlimited retries, is invoked 6 times and given up with
+#: `approximateInvokeCount` 7; AWS's recording of that case shows 8. The same pause applies, by
+#: number of tries, to a function that could not be invoked and to a destination that refused a
+#: record.
+DEFAULT_RETRY_BACKOFF: Final = Backoff(base=1.0, cap=60.0, jitter=False)
 
 
 @dataclass(frozen=True)
@@ -137,7 +129,7 @@ class MappingContext:
     pause: Callable[[float], bool]
     stopping: Callable[[], bool]
     retention_seconds: float
-    backoff: RetryBackoff
+    backoff: Backoff
     on_invocation: Callable[[Invocation], None] | None = None
 
     def emit(self, shard_id: str, name: MetricName, value: float) -> None:

@@ -30,7 +30,8 @@ from typing import Final
 
 import boto3
 
-from streams.mapping.delivery import Invocation, MappingContext, RetryBackoff
+from streams.backoff import Backoff
+from streams.mapping.delivery import DEFAULT_RETRY_BACKOFF, Invocation, MappingContext
 from streams.mapping.destinations import Destination, open_destination
 from streams.mapping.filters import RecordFilter
 from streams.mapping.invoke import Invoker
@@ -84,7 +85,7 @@ class EventSourceMapping:
         sleep: Callable[[float], None] = time.sleep,
         shard_refresh_seconds: float = 10.0,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
-        backoff: RetryBackoff | None = None,
+        backoff: Backoff = DEFAULT_RETRY_BACKOFF,
         mapping_id: str | None = None,
         endpoint_url: str | None = None,
         on_invocation: Callable[[Invocation], None] | None = None,
@@ -122,7 +123,7 @@ class EventSourceMapping:
             pause=self._pause,
             stopping=self._stop.is_set,
             retention_seconds=retention_seconds,
-            backoff=backoff or RetryBackoff(),
+            backoff=backoff,
             on_invocation=on_invocation,
         )
         self._filter = RecordFilter(settings.event_source, settings.filters)

@@ -5,7 +5,7 @@ and returned a JSON value, or it failed (raised, timed out, crashed its process)
 `NotInvoked` when the function could not be run at all (throttled, no worker could start):
 AWS does not count such errors against `MaximumRetryAttempts` (ESM-SPEC section 3).
 Implementations: `InProcessInvoker` here (a Python handler in this process, for tests and the
-simplest runs) and the worker-process invoker of `streams.mapping.workers`.
+simplest runs) and the worker-process invoker of `streams.mapping.function.pool`.
 """
 
 from __future__ import annotations

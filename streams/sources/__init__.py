@@ -5,7 +5,6 @@ Records come out in the exact shape of a Lambda event record (ESM-SPEC section 5
 
 from __future__ import annotations
 
-from streams.sources.backoff import Backoff
 from streams.sources.base import (
     EventSource,
     Position,
@@ -25,7 +24,6 @@ from streams.sources.kinesis import KinesisStreamSource
 from streams.sources.lineage import startable_shards
 
 __all__ = [
-    "Backoff",
     "DynamoDBStreamSource",
     "EventSource",
     "KinesisStreamSource",

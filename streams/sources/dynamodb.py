@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import boto3
 
-from streams.sources.backoff import Backoff
+from streams.backoff import Backoff
 from streams.sources.base import EventSource, Position, Shard, ShardReader
 from streams.sources.convert import arn_region, dynamodb_record_to_lambda
-from streams.sources.reader import Page, ShardDirectory, StreamShardReader
+from streams.sources.reader import DEFAULT_BACKOFF, Page, ShardDirectory, StreamShardReader
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
@@ -97,7 +97,7 @@ class DynamoDBStreamSource:
         self.source_arn = stream_arn
         self._client = client or boto3.client("dynamodbstreams", region_name=arn_region(stream_arn))
         self._api = _DynamoDBStreamsApi(self._client, stream_arn)
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or DEFAULT_BACKOFF
         self._sleep = sleep
         self._page_size = page_size
         self._directory = ShardDirectory(self._list_all, clock=clock, max_age=shard_refresh_seconds)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import boto3
 
-from streams.sources.backoff import Backoff
+from streams.backoff import Backoff
 from streams.sources.base import EventSource, Position, Shard, ShardReader
 from streams.sources.convert import (
     arn_account,
@@ -17,7 +17,7 @@ from streams.sources.convert import (
     arn_region,
     kinesis_record_to_lambda,
 )
-from streams.sources.reader import Page, ShardDirectory, StreamShardReader
+from streams.sources.reader import DEFAULT_BACKOFF, Page, ShardDirectory, StreamShardReader
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -149,7 +149,7 @@ class KinesisStreamSource:
         )
         self._client = client or boto3.client("kinesis", region_name=arn_region(stream_arn))
         self._api = _KinesisApi(self._client, stream_arn, self.invoke_identity_arn, wall_clock)
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or DEFAULT_BACKOFF
         self._sleep = sleep
         self._page_size = page_size
         self._directory = ShardDirectory(self._list_all, clock=clock, max_age=shard_refresh_seconds)

@@ -18,14 +18,13 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from streams.sources.backoff import Backoff
+from streams.backoff import Backoff, is_throttling
 from streams.sources.base import Position, ReadResult, Shard
 
-# Error codes that mean "read less often" (DynamoDB Streams says LimitExceededException,
-# Kinesis ProvisionedThroughputExceededException); botocore retried each call before.
-THROTTLING_ERRORS = frozenset(
-    {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
-)
+#: The pause between a reader's polls while its shard stays throttled (DynamoDB Streams answers
+#: LimitExceededException, Kinesis ProvisionedThroughputExceededException): botocore has already
+#: retried each call by the time a throttling error reaches the reader.
+DEFAULT_BACKOFF = Backoff(base=0.25, cap=10.0)
 EXPIRED_ITERATOR = "ExpiredIteratorException"
 
 logger = logging.getLogger(__name__)
@@ -178,7 +177,7 @@ class StreamShardReader:
         try:
             page = self._fetch(min(limit, self._api.max_limit))
         except ClientError as error:
-            if _error_code(error) not in THROTTLING_ERRORS:
+            if not is_throttling(error):
                 raise
             self._sleep(self._backoff.delay(self._throttled_reads))
             self._throttled_reads += 1

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.local import DeployedStack, deploy_template, local_session
-from streams.run import LocalMapping
+from streams.local.endpoint import DeployedStack, deploy_template, local_session
+from streams.local.run import LocalMapping
 
 HERE = Path(__file__).parent
 TEMPLATE = HERE / "stream-function.yaml"

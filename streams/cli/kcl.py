@@ -24,10 +24,11 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.backoff import Backoff
 from streams.batch import RetryPolicy, StreamProcessor
+from streams.cli.handlers import load_handler
 from streams.deadletter import SqsDeadLetterQueue
 from streams.errors import UserError
-from streams.handlers import load_handler
 
 __all__ = ["MULTILANG_DAEMON", "register"]
 
@@ -158,17 +159,17 @@ def _worker(args: argparse.Namespace) -> int:
         source=kcl.StreamSource(
             stream_arn=args.stream_arn, region=args.region or os.environ.get("AWS_REGION")
         ),
-        hold=kcl.Backoff(args.backoff, 30.0),
-        checkpoint_backoff=kcl.Backoff(args.backoff, 10.0),
+        hold=Backoff(args.backoff, 30.0),
+        checkpoint_backoff=Backoff(args.backoff, 10.0),
     )
     kcl.run(processor, stdin=sys.stdin, stdout=protocol, stderr=sys.stderr)
     return 0
 
 
 def _kcl() -> ModuleType:
-    """streams.kcl, which needs amazon-kclpy (an optional extra)."""
+    """streams.kcl.processor, which needs amazon-kclpy (an optional extra)."""
     try:
-        from streams import kcl
+        from streams.kcl import processor as kcl
     except ImportError as error:
         raise UserError(_NOT_INSTALLED.format(error=error)) from None
     return kcl

@@ -38,14 +38,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streams.deadletter import REASONS
 from streams.errors import UserError
-from streams.local import stack_outputs
-from streams.mapping.checkpoints import (
+from streams.local.endpoint import stack_outputs
+from streams.mapping.state import EVENT_COUNT_NAMES
+from streams.mapping.state.table import (
     DEFAULT_TABLE_NAME,
     MappingSnapshot,
     ShardSnapshot,
     read_mappings,
 )
-from streams.mapping.state import EVENT_COUNT_NAMES
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient

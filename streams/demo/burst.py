@@ -31,17 +31,17 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streams.dlq import DeadLetterQueueReader
-from streams.generate import STATUSES, generate_updates
-from streams.local import (
+from streams.demo.generate import STATUSES, generate_updates
+from streams.local.endpoint import (
     DeployedStack,
     EndpointProcess,
     deploy_template,
     endpoint_recorded,
     local_session,
 )
-from streams.monitor import LocalMonitor, MonitorSampler, MonitorSnapshot, queues_from_outputs
-from streams.run import LocalMapping
+from streams.local.run import LocalMapping
+from streams.monitor.model import LocalMonitor, MonitorSampler, MonitorSnapshot, queues_from_outputs
+from streams.ops.dlq import DeadLetterQueueReader
 from streams.writer import TableWriter, WriteReport
 
 FUNCTION = "ProcessorFunction"
@@ -318,7 +318,7 @@ class Demo:
         )
         chart = None
         if self.chart is not None:
-            from streams.monitor import write_chart
+            from streams.monitor.model import write_chart
 
             chart = write_chart(
                 sampler.history.samples, self.chart, title="The demo: iterator age and throughput"

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Final
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from streams.errors import UserError
-from streams.local import DEFAULT_STACK_NAME, Endpoint, current_endpoint
-from streams.mapping.checkpoints import DEFAULT_TABLE_NAME, read_mappings
-from streams.monitor import (
+from streams.local.endpoint import DEFAULT_STACK_NAME, Endpoint, current_endpoint
+from streams.mapping.state.table import DEFAULT_TABLE_NAME, read_mappings
+from streams.monitor.model import (
     DEAD_LETTER,
     ON_FAILURE,
     CloudWatchMonitor,

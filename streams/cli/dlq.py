@@ -9,18 +9,18 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from streams.cli.handlers import load_handler
 from streams.deadletter import REASONS, SqsDeadLetterQueue
-from streams.dlq import (
+from streams.errors import UserError
+from streams.hydrate import Hydrator, OnFailureQueue
+from streams.local.endpoint import Endpoint, current_endpoint, stack_outputs
+from streams.ops.dlq import (
     DEFAULT_VISIBILITY_SECONDS,
     DeadLetterQueueReader,
     ParkedMessage,
     redrive,
     replay_order,
 )
-from streams.errors import UserError
-from streams.handlers import load_handler
-from streams.hydrate import Hydrator, OnFailureQueue
-from streams.local import Endpoint, current_endpoint, stack_outputs
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

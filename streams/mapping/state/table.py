@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.mapping.function.pool import EmfMetric
 from streams.mapping.state import MetricName
-from streams.mapping.workers import EmfMetric
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient

@@ -1,6 +1,6 @@
 """The mapping's durable state, through seams: checkpoints and metrics.
 
-`CheckpointStore` is what the engine needs to resume a shard; `streams.mapping.checkpoints`
+`CheckpointStore` is what the engine needs to resume a shard; `streams.mapping.state.table`
 keeps checkpoints in a DynamoDB table, `MemoryCheckpointStore` in memory. `MetricsSink` receives
 the per-shard figures of ESM-SPEC section 8 so a store can keep them for the monitor;
 `MetricCounters` adds them up in memory.

@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Final, Protocol
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.backoff import Backoff
 from streams.errors import UserError
-from streams.local import (
+from streams.local.endpoint import (
     MAPPING_TYPE,
     DeployedStack,
     EventSourceSpec,
@@ -56,28 +57,28 @@ from streams.local import (
     SkippedPart,
     local_session,
 )
-from streams.local import FunctionSpec as TemplateFunction
+from streams.local.endpoint import FunctionSpec as TemplateFunction
 from streams.mapping import (
     DEFAULT_RETENTION_SECONDS,
+    DEFAULT_RETRY_BACKOFF,
     EventSourceMapping,
     Invocation,
     MappingSettings,
-    RetryBackoff,
 )
-from streams.mapping.checkpoints import (
+from streams.mapping.function.pool import (
+    FunctionSpec,
+    WorkerInvokeResult,
+    WorkerPool,
+    resolve_interpreter,
+)
+from streams.mapping.sqs import QueuePoller, QueueSettings, check_queue, describe_queue
+from streams.mapping.state.table import (
     DEFAULT_TABLE_NAME,
     DynamoDBCheckpointStore,
     LeaseLost,
     MappingId,
     ShardState,
     function_counts,
-)
-from streams.mapping.sqs import QueuePoller, QueueSettings, check_queue, describe_queue
-from streams.mapping.workers import (
-    FunctionSpec,
-    WorkerInvokeResult,
-    WorkerPool,
-    resolve_interpreter,
 )
 from streams.sources import DynamoDBStreamSource, KinesisStreamSource
 from streams.sources.base import EventSource, Position, ReadResult, Shard, ShardReader, ShardSource
@@ -146,7 +147,7 @@ class LocalMapping:
         region: str | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-        backoff: RetryBackoff | None = None,
+        backoff: Backoff = DEFAULT_RETRY_BACKOFF,
         lease_seconds: float = 30.0,
         on_invocation: Callable[[Invocation], None] | None = None,
         state_table: str = DEFAULT_TABLE_NAME,

@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from streams.demo import Demo, DemoResult, Progress
+from streams.demo.burst import Demo, DemoResult, Progress
 from streams.errors import UserError
-from streams.local import DEFAULT_TEMPLATE, STATE_FILE, EndpointProcess
+from streams.local.endpoint import DEFAULT_TEMPLATE, STATE_FILE, EndpointProcess
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

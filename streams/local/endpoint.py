@@ -213,7 +213,7 @@ class EndpointProcess:
                 probe.bind((LOOPBACK, 0))
                 port = int(probe.getsockname()[1])
         self.url = f"http://{LOOPBACK}:{port}"
-        serve = f"import streams.local as local; local.serve_endpoint({port})"
+        serve = f"import streams.local.endpoint as local; local.serve_endpoint({port})"
         self._process = subprocess.Popen(
             [sys.executable, "-c", serve], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -16,27 +16,18 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def _registrations() -> list[Register]:
-    from streams import (
-        check,
-        demo_command,
-        dlq_command,
-        kcl_command,
-        local_command,
-        monitor_command,
-        run_command,
-        write_command,
-    )
+    from streams.cli import check, demo, dlq, kcl, local, monitor, run, write
 
     # In the order of DESIGN.md's "user's day".
     return [
-        demo_command.register,
-        local_command.register,
-        run_command.register,
-        write_command.register,
-        monitor_command.register,
-        dlq_command.register,
+        demo.register,
+        local.register,
+        run.register,
+        write.register,
+        monitor.register,
+        dlq.register,
         check.register,
-        kcl_command.register,
+        kcl.register,
     ]
 
 

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from streams.errors import UserError
-from streams.local import (
+from streams.local.endpoint import (
     DEFAULT_STACK_NAME,
     DEFAULT_TEMPLATE,
     STATE_FILE,

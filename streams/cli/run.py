@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TextIO
 
+from streams.cli.local import deploy_to_local_endpoint
 from streams.errors import UserError
-from streams.local import (
+from streams.local.endpoint import (
     DEFAULT_TEMPLATE,
 )
-from streams.local_command import deploy_to_local_endpoint
+from streams.local.run import LocalMapping
 from streams.mapping import Invocation
-from streams.mapping.checkpoints import LeaseLost
-from streams.run import LocalMapping
+from streams.mapping.state.table import LeaseLost
 
 # Quiet mode: one summary line at most this often (seconds), while invocations happen.
 SUMMARY_SECONDS = 10.0

@@ -1,6 +1,6 @@
 """The child side of a function worker: Lambda's Python runtime loop, one process per worker.
 
-Started by `streams.mapping.workers` *by path* (``python .../_worker_main.py REQ_FD RESP_FD``), so
+Started by `streams.mapping.function.pool` *by path* (``python _worker_main.py REQ RESP``), so
 that it imports nothing of ours before the function's `CodeUri` is first on `sys.path` (the
 function may ship its own copy of `streams`). It uses the standard library only, and runs under
 the interpreter chosen for the function's runtime.

@@ -35,9 +35,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
+from streams.demo.generate import generate_updates
 from streams.errors import UserError
-from streams.generate import generate_updates
-from streams.local import Endpoint, current_endpoint
+from streams.local.endpoint import Endpoint, current_endpoint
 from streams.writer import InvalidItemError, TableWriteError, TableWriter
 
 if TYPE_CHECKING:

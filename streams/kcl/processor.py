@@ -26,7 +26,6 @@ dead-letter message) that runs in Lambda:
 from __future__ import annotations
 
 import os
-import random as _random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,14 +36,15 @@ from typing import Any, Literal, Protocol, TextIO
 from amazon_kclpy import kcl as _kcl  # type: ignore[import-untyped]
 from amazon_kclpy.v3 import processor as _v3  # type: ignore[import-untyped]
 
-from streams.backoff import full_jitter
+from streams.backoff import Backoff
 from streams.batch import StreamProcessor
 from streams.kpl import deaggregate, may_be_aggregate
 from streams.records import KinesisRecord, StreamRecord
 
 __all__ = [
+    "DEFAULT_CHECKPOINT_BACKOFF",
+    "DEFAULT_HOLD",
     "RETRYABLE_CHECKPOINT_ERRORS",
-    "Backoff",
     "CheckpointFailed",
     "KclRecordProcessor",
     "Position",
@@ -114,23 +114,10 @@ class CheckpointFailed(RuntimeError):
     """A checkpoint error that no retry can fix (fatal)."""
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Truncated binary exponential backoff with full jitter.
-
-    Before retry `i` (0-based) wait `t_i = rand(0, 1) * min(base_delay * 2 ** i, max_delay)`
-    seconds.
-    """
-
-    base_delay: float = 1.0
-    max_delay: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.base_delay < 0 or self.max_delay < 0:
-            raise ValueError("Backoff delays must not be negative")
-
-    def delay(self, retry: int, rand: Callable[[], float]) -> float:
-        return full_jitter(retry, self.base_delay, self.max_delay, rand)
+#: The reruns of a batch held on a record: 1 s doubling to 30 s, with full jitter.
+DEFAULT_HOLD = Backoff(base=1.0, cap=30.0)
+#: The retries of a throttled checkpoint: 0.5 s doubling to 10 s, with full jitter.
+DEFAULT_CHECKPOINT_BACKOFF = Backoff(base=0.5, cap=10.0)
 
 
 @dataclass(frozen=True)
@@ -180,6 +167,7 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
     `hold` paces the reruns of a batch held on a record; `checkpoint_backoff` the retries of a
     throttled checkpoint, at most `checkpoint_attempts` tries in all (then the checkpoint is left
     to the next batch, and the records done since it may be delivered again after a failover).
+    `random`, when given, is the randomness of both backoffs' jitter.
     """
 
     def __init__(
@@ -191,20 +179,19 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
         checkpoint_backoff: Backoff | None = None,
         checkpoint_attempts: int = 8,
         sleep: Callable[[float], None] = time.sleep,
-        random: Callable[[], float] = _random.random,
+        random: Callable[[], float] | None = None,
     ) -> None:
         if checkpoint_attempts < 1:
             raise ValueError("checkpoint_attempts must be at least 1")
         self.core = core
         self.source = source if source is not None else StreamSource()
-        self.hold = hold if hold is not None else Backoff()
-        self.checkpoint_backoff = (
-            checkpoint_backoff if checkpoint_backoff is not None else Backoff(0.5, 10.0)
+        self.hold = (hold or DEFAULT_HOLD).drawing_from(random)
+        self.checkpoint_backoff = (checkpoint_backoff or DEFAULT_CHECKPOINT_BACKOFF).drawing_from(
+            random
         )
         self.checkpoint_attempts = checkpoint_attempts
         self.shard_id = ""
         self._sleep = sleep
-        self._random = random
         self._done: Position | None = None
         self._checkpointed: Position | None = None
 
@@ -301,7 +288,7 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
             # a lease hand-off during the wait does not deliver them again.
             if reached is not None and self._checkpoint(checkpointer, reached) == "lease gone":
                 return
-            delay = self.hold.delay(held, self._random)
+            delay = self.hold.delay(held)
             held += 1
             failed = result.failed_record
             self.core.logger.warning(
@@ -349,7 +336,7 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
                         extra={"error": name, "attempts": attempt, **where},
                     )
                     return "given up"
-                delay = self.checkpoint_backoff.delay(attempt - 1, self._random)
+                delay = self.checkpoint_backoff.delay(attempt - 1)
                 self.core.logger.warning(
                     "checkpoint failed: trying again",
                     extra={"error": name, "attempts": attempt, "delay": round(delay, 3), **where},

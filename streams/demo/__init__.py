@@ -1,0 +1,1 @@
+"""`streams demo`: the scenarios, run on the embedded endpoint and verified from their outputs."""

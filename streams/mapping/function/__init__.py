@@ -1,0 +1,1 @@
+"""The function under the local mapping: its spec, its interpreter, its worker processes."""
