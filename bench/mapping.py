@@ -35,8 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.local.endpoint import EndpointProcess, deploy_template, local_session
+from streams.local.endpoint import EndpointProcess, local_session
 from streams.local.run import LocalMapping
+from streams.local.stack import deploy_template
 
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 BATCH_WRITE = 25  # BatchWriteItem's limit

@@ -36,8 +36,9 @@ from typing import Any
 
 from mapping import RUNTIME, fill, moto_server, write_function
 
-from streams.local.endpoint import DeployedStack, deploy_template, local_session
+from streams.local.endpoint import local_session
 from streams.local.run import LocalMapping
+from streams.local.stack import DeployedStack, deploy_template
 from streams.mapping import Invocation
 
 RECORDS = 1000

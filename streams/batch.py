@@ -36,7 +36,6 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from streams.backoff import Backoff, is_throttling
 from streams.deadletter import (
-    SQS_BATCH_ENTRIES,
     DeadLetter,
     DeadLetterSink,
     ErrorInfo,
@@ -44,6 +43,8 @@ from streams.deadletter import (
     Reason,
     SqsDeadLetterQueue,
 )
+from streams.metrics import DEFAULT_NAMESPACE, DEFAULT_SERVICE, FunctionMetricName
+from streams.queues import SQS_BATCH_ENTRIES
 from streams.records import RecordDecodeError, StreamRecord, parse_records
 
 __all__ = [
@@ -208,7 +209,7 @@ class _Deadline:
 
 
 @dataclass
-class _Outcome:
+class _Recovery:
     letter: DeadLetter | None = None
     stop: bool = False
     retries: int = 0
@@ -261,13 +262,13 @@ class StreamProcessor:
         )
         self.time_margin = time_margin
         self._halt = _HaltCounter(halt_after)
-        service = os.environ.get("POWERTOOLS_SERVICE_NAME", "streams")
+        service = os.environ.get("POWERTOOLS_SERVICE_NAME", DEFAULT_SERVICE)
         self.logger = logger if logger is not None else Logger(service=service)
         self.metrics = (
             metrics
             if metrics is not None
             else Metrics(
-                namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "StreamProcessor"),
+                namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE),
                 service=service,
             )
         )
@@ -332,7 +333,7 @@ class StreamProcessor:
         error: Exception,
         deadline: _Deadline,
         function: FunctionInfo,
-    ) -> _Outcome:
+    ) -> _Recovery:
         """After the handler failed on a record: park it, retry it in place, or stop here."""
         tries = 1
         while True:
@@ -347,17 +348,17 @@ class StreamProcessor:
                     ) from error
                 poison = True
             if poison:
-                return _Outcome(
+                return _Recovery(
                     self._letter(record, "poison", error, tries, function), False, tries - 1
                 )
             if tries > self.retry.retries or not deadline.allows(
                 delay := self._backoff.delay(tries - 1)
             ):
                 if self._too_old(record):
-                    return _Outcome(
+                    return _Recovery(
                         self._letter(record, "too-old", error, tries, function), False, tries - 1
                     )
-                return _Outcome(None, True, tries - 1)
+                return _Recovery(None, True, tries - 1)
             self._sleep(delay)
             tries += 1
             try:
@@ -366,7 +367,7 @@ class StreamProcessor:
                 error = again
             else:
                 self._halt.success()
-                return _Outcome(None, False, tries - 1)
+                return _Recovery(None, False, tries - 1)
 
     def _too_old(self, record: StreamRecord) -> bool:
         if self.max_record_age is None:
@@ -449,12 +450,16 @@ class StreamProcessor:
     ) -> None:
         parked_by_reason = Counter(letter.reason for letter in parked)
         metrics = self.metrics
-        metrics.add_metric(name="RecordsProcessed", unit=MetricUnit.Count, value=counters.processed)
-        metrics.add_metric(name="RecordsParked", unit=MetricUnit.Count, value=len(parked))
-        metrics.add_metric(name="TransientRetries", unit=MetricUnit.Count, value=counters.retries)
-        metrics.add_metric(
-            name="EarlyCheckpoints", unit=MetricUnit.Count, value=int(stop_cause is not None)
-        )
+
+        def add(
+            name: FunctionMetricName, value: float, unit: MetricUnit = MetricUnit.Count
+        ) -> None:
+            metrics.add_metric(name=name, unit=unit, value=value)
+
+        add("RecordsProcessed", counters.processed)
+        add("RecordsParked", len(parked))
+        add("TransientRetries", counters.retries)
+        add("EarlyCheckpoints", int(stop_cause is not None))
         if records:
             try:
                 created = records[-1].record_time
@@ -462,18 +467,19 @@ class StreamProcessor:
                 created = None
             if created is not None:
                 age_ms = max(0.0, (self._clock() - created.timestamp()) * 1000)
-                metrics.add_metric(name="IteratorAge", unit=MetricUnit.Milliseconds, value=age_ms)
+                add("IteratorAge", age_ms, MetricUnit.Milliseconds)
         metrics.flush_metrics()
         # Parked by reason: one EMF document per reason, with `reason` as an extra dimension.
         provider = metrics.provider
+        parked_metric: FunctionMetricName = "RecordsParked"
         for reason, count in parked_by_reason.items():
             with single_metric(
-                name="RecordsParked",
+                name=parked_metric,
                 unit=MetricUnit.Count,
                 value=count,
                 namespace=getattr(provider, "namespace", None),
                 default_dimensions={
-                    "service": str(getattr(provider, "service", None) or "streams"),
+                    "service": str(getattr(provider, "service", None) or DEFAULT_SERVICE),
                     "reason": reason,
                 },
             ):

@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streams.backoff import Backoff
 from streams.errors import UserError
+from streams.queues import SQS_BATCH_ENTRIES
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -48,8 +49,6 @@ __all__ = [
 Reason = Literal["poison", "too-old", "hydrated"]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 MESSAGE_VERSION = 1
-#: SQS's per-call limit on entries.
-SQS_BATCH_ENTRIES = 10
 #: What SQS accepted before its 2025 raise to 1 MiB: used when the queue's own limit is unknown.
 SQS_CONSERVATIVE_MAX_BYTES = 262_144
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from botocore.exceptions import ClientError
 
 from streams.deadletter import DeadLetter, DeadLetterSink, ErrorInfo, FunctionInfo
+from streams.queues import drain
 from streams.records import DynamoDBRecord, KinesisRecord, StreamRecord
 from streams.sources import DynamoDBStreamSource, KinesisStreamSource, Position, ShardReader
 
@@ -208,22 +209,13 @@ class OnFailureQueue:
         self.visibility_seconds = visibility_seconds
 
     def receive_all(self) -> Iterator[tuple[MessageTypeDef, FailedBatch]]:
-        empty_polls = 0
-        while empty_polls < 3:  # SQS samples its servers: one empty answer is not an empty queue
-            messages = self.sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=10,
-                VisibilityTimeout=self.visibility_seconds,
-                WaitTimeSeconds=0,
-            ).get("Messages", [])
-            empty_polls = 0 if messages else empty_polls + 1
-            for message in messages:
-                try:
-                    batch = parse_on_failure(message["Body"])
-                except NotAnOnFailureRecord as error:
-                    _log.warning("message %s left in the queue: %s", message["MessageId"], error)
-                    continue
-                yield message, batch
+        for message in drain(self.sqs, self.queue_url, visibility_seconds=self.visibility_seconds):
+            try:
+                batch = parse_on_failure(message["Body"])
+            except NotAnOnFailureRecord as error:
+                _log.warning("message %s left in the queue: %s", message["MessageId"], error)
+                continue
+            yield message, batch
 
     def delete(self, message: MessageTypeDef) -> None:
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])

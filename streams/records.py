@@ -25,6 +25,7 @@ from streams.kpl import deaggregate, may_be_aggregate
 
 __all__ = [
     "DynamoDBRecord",
+    "EventSource",
     "Image",
     "KinesisRecord",
     "RecordDecodeError",

@@ -16,8 +16,8 @@ from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
 
 from streams.backoff import Backoff
 from streams.cli import main
-from streams.local.endpoint import DeployedStack, deploy_template
 from streams.local.run import LocalMapping
+from streams.local.stack import DeployedStack, deploy_template
 from streams.mapping import Invocation
 from streams.ops.dlq import DeadLetterQueueReader
 from streams.sources import DynamoDBStreamSource, Position

@@ -12,18 +12,17 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 
+from streams.cli.endpoint import current_endpoint
 from streams.errors import UserError
 from streams.local.endpoint import (
-    DeployedStack,
     RecordedEndpoint,
-    current_endpoint,
-    deploy_template,
     forget_endpoint,
-    parse_parameter_overrides,
     read_recorded_endpoint,
     record_endpoint,
     start_endpoint,
 )
+from streams.local.stack import DeployedStack, deploy_template
+from streams.local.template import parse_parameter_overrides
 
 TEMPLATES = Path(__file__).parent / "templates"
 SAM_APP = TEMPLATES / "sam-app.yaml"

@@ -15,15 +15,11 @@ from typing import Any
 import boto3
 import pytest
 
-from streams.mapping.function.pool import EmfMetric
-from streams.mapping.state.table import (
-    DynamoDBCheckpointStore,
-    LeaseBusy,
-    LeaseLost,
-    MappingId,
-    function_counts,
-    read_mappings,
-)
+from streams.mapping.function.emf import EmfMetric, function_counts
+from streams.mapping.state.layout import MappingId
+from streams.mapping.state.lease import LeaseBusy, LeaseLost
+from streams.mapping.state.snapshot import read_mappings
+from streams.mapping.state.table import DynamoDBCheckpointStore
 from tests.factories import STREAM_ARN, FakeClock
 
 MAPPING = MappingId("ProcessorFunction", STREAM_ARN)
@@ -135,7 +131,8 @@ def test_after_kill_9_the_restarted_mapping_takes_over_at_once_and_resumes(
 ) -> None:
     make_store()  # the table exists before the mapping process starts
     script = f"""
-from streams.mapping.state.table import DynamoDBCheckpointStore, MappingId
+from streams.mapping.state.layout import MappingId
+from streams.mapping.state.table import DynamoDBCheckpointStore
 store = DynamoDBCheckpointStore(MappingId({MAPPING.function!r}, {MAPPING.source_arn!r}),
                                 table_name={unique_name!r})
 store.acquire_lease()

@@ -366,7 +366,7 @@ def mapping(
         invoker,
         function_arn=FUNCTION_ARN,
         checkpoints=checkpoints,
-        metrics=metrics,
+        observer=metrics,
         clock=clock,
         **options,
     )

@@ -17,15 +17,11 @@ from typing import Any
 import boto3
 import pytest
 
-from streams.mapping.function.pool import (
-    MEMORY_ALLOWANCE_MB,
-    EmfMetric,
-    FunctionSpec,
-    Interpreter,
-    Worker,
-    WorkerPool,
-    resolve_interpreter,
-)
+from streams.mapping.function.child import MEMORY_ALLOWANCE_MB
+from streams.mapping.function.emf import EmfMetric
+from streams.mapping.function.interpreter import Interpreter, resolve_interpreter
+from streams.mapping.function.pool import Worker, WorkerPool
+from streams.mapping.function.spec import FunctionSpec
 from streams.mapping.invoke import NotInvoked
 from tests.factories import dynamodb_record
 
@@ -275,7 +271,9 @@ def test_workers_of_a_mapping_killed_with_sigkill_do_not_outlive_their_invocatio
     script = f"""
 import logging, sys
 from pathlib import Path
-from streams.mapping.function.pool import FunctionSpec, Interpreter, Worker
+from streams.mapping.function.interpreter import Interpreter
+from streams.mapping.function.pool import Worker
+from streams.mapping.function.spec import FunctionSpec
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
 spec = FunctionSpec("orphans", Path({str(HANDLERS)!r}), "functions.handle",
                     runtime={OURS!r}, timeout=1)

@@ -19,22 +19,20 @@ import boto3
 import pytest
 
 from streams.errors import UserError
-from streams.mapping.state.table import DynamoDBCheckpointStore, MappingId
+from streams.mapping.state.layout import MappingId
+from streams.mapping.state.table import DynamoDBCheckpointStore
+from streams.monitor.chart import PLOT_EXTRA_HINT, write_chart
+from streams.monitor.cloudwatch import CloudWatchMonitor
+from streams.monitor.history import MonitorHistory, MonitorSampler, sparkline
+from streams.monitor.local import LocalMonitor
 from streams.monitor.model import (
     DEAD_LETTER,
     ON_FAILURE,
-    PLOT_EXTRA_HINT,
-    CloudWatchMonitor,
-    LocalMonitor,
-    MonitorHistory,
-    MonitorSampler,
     MonitorSnapshot,
     QueueRef,
     Sample,
     breaches,
     queues_from_stack,
-    sparkline,
-    write_chart,
 )
 from tests.factories import NOW, STREAM_ARN, FakeClock
 

@@ -19,8 +19,9 @@ from rich.console import Console
 
 from streams.cli import build_parser, main
 from streams.cli.monitor import run
-from streams.mapping.state.table import DynamoDBCheckpointStore, MappingId
-from streams.monitor.model import LocalMonitor
+from streams.mapping.state.layout import MappingId
+from streams.mapping.state.table import DynamoDBCheckpointStore
+from streams.monitor.local import LocalMonitor
 from tests.factories import STREAM_ARN, FakeClock
 from tests.test_monitor import PNG_MAGIC, deploy, publish_three_minutes
 

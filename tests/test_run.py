@@ -15,12 +15,13 @@ import pytest
 from processor.naughty_nice import read_child
 from streams.backoff import Backoff
 from streams.errors import UserError
-from streams.local.endpoint import DeployedStack, deploy_template
 from streams.local.run import LocalMapping
+from streams.local.stack import DeployedStack, deploy_template
 from streams.mapping import Invocation
 from streams.mapping.function.pool import WorkerFunctionError
 from streams.mapping.sqs import QueueSettings
-from streams.mapping.state.table import DynamoDBCheckpointStore, MappingId
+from streams.mapping.state.layout import MappingId
+from streams.mapping.state.table import DynamoDBCheckpointStore
 from tests.conftest import REGION
 from tests.run_functions import (
     KINESIS_TEMPLATE,

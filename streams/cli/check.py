@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.batch import DEFAULT_MAX_RECORD_AGE, MAX_RECORD_AGE_VARIABLE
-from streams.local.endpoint import (
+from streams.local.template import (
     DEFAULT_TEMPLATE,
     function_code_uri,
     mapping_function,

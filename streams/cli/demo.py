@@ -9,7 +9,8 @@ from pathlib import Path
 
 from streams.demo.burst import Demo, DemoResult, Progress
 from streams.errors import UserError
-from streams.local.endpoint import DEFAULT_TEMPLATE, STATE_FILE, EndpointProcess
+from streams.local.endpoint import STATE_FILE, EndpointProcess
+from streams.local.template import DEFAULT_TEMPLATE
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -9,11 +9,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from streams.cli.handlers import load_handler
+from streams.cli.common import load_handler
+from streams.cli.endpoint import Endpoint, current_endpoint
 from streams.deadletter import REASONS, SqsDeadLetterQueue
 from streams.errors import UserError
 from streams.hydrate import Hydrator, OnFailureQueue
-from streams.local.endpoint import Endpoint, current_endpoint, stack_outputs
+from streams.local.stack import stack_outputs
 from streams.ops.dlq import (
     DEFAULT_VISIBILITY_SECONDS,
     DeadLetterQueueReader,

@@ -24,9 +24,10 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.arn import Arn
 from streams.backoff import Backoff
 from streams.batch import RetryPolicy, StreamProcessor
-from streams.cli.handlers import load_handler
+from streams.cli.common import load_handler
 from streams.deadletter import SqsDeadLetterQueue
 from streams.errors import UserError
 
@@ -244,10 +245,10 @@ def _escape(value: str) -> str:
 
 
 def _arn_region(arn: str) -> str:
-    parts = arn.split(":")
-    if len(parts) < 6 or parts[2] != "kinesis" or not parts[5].startswith("stream/"):
+    parsed = Arn.of(arn)
+    if parsed is None or parsed.stream_source != "aws:kinesis":
         raise UserError(f"{arn!r} is not a Kinesis stream ARN")
-    return parts[3]
+    return parsed.region
 
 
 def _stream_arn(name: str, region: str) -> str:

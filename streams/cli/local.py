@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
+from streams.cli.common import sigterm_as_interrupt
+from streams.cli.endpoint import current_endpoint
 from streams.errors import UserError
 from streams.local.endpoint import (
-    DEFAULT_STACK_NAME,
-    DEFAULT_TEMPLATE,
     STATE_FILE,
-    DeployedStack,
-    current_endpoint,
-    deploy_template,
     endpoint_recorded,
-    parse_parameter_overrides,
     read_recorded_endpoint,
     start_endpoint,
 )
+from streams.local.stack import DEFAULT_STACK_NAME, DeployedStack, deploy_template
+from streams.local.template import DEFAULT_TEMPLATE, parse_parameter_overrides
 
 DEFAULT_PORT = 4566  # the port local AWS endpoints conventionally use
 
@@ -148,20 +142,6 @@ def _report(stack: DeployedStack, as_json: bool) -> None:
         _print_stack(stack, sys.stdout)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill` stops the server as Ctrl-C does: the record is removed, the port freed."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _up(args: argparse.Namespace) -> int:
     messages = sys.stderr if args.json else sys.stdout
     overrides = parse_parameter_overrides(args.parameter_overrides)
@@ -171,7 +151,7 @@ def _up(args: argparse.Namespace) -> int:
             f"`streams local up` already serves {serving.endpoint_url} for this directory "
             f"(pid {serving.pid}): use it, or stop it first"
         )
-    with _sigterm_as_interrupt(), start_endpoint(args.port) as endpoint:
+    with sigterm_as_interrupt(), start_endpoint(args.port) as endpoint:
         print(
             f"streams: local endpoint {endpoint.url} (moto {metadata.version('moto')})",
             file=messages,

@@ -12,22 +12,24 @@ from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+from streams.arn import Arn
+from streams.cli.endpoint import Endpoint, current_endpoint
 from streams.errors import UserError
-from streams.local.endpoint import DEFAULT_STACK_NAME, Endpoint, current_endpoint
-from streams.mapping.state.table import DEFAULT_TABLE_NAME, read_mappings
+from streams.local.stack import DEFAULT_STACK_NAME
+from streams.mapping.state.layout import DEFAULT_TABLE_NAME
+from streams.mapping.state.snapshot import read_mappings
+from streams.monitor.chart import write_chart
+from streams.monitor.cloudwatch import CloudWatchMonitor
+from streams.monitor.history import MonitorHistory, sparkline
+from streams.monitor.local import LocalMonitor
 from streams.monitor.model import (
     DEAD_LETTER,
     ON_FAILURE,
-    CloudWatchMonitor,
-    LocalMonitor,
     Monitor,
-    MonitorHistory,
     MonitorSnapshot,
     QueueRef,
     breaches,
     queues_from_stack,
-    sparkline,
-    write_chart,
 )
 
 if TYPE_CHECKING:
@@ -496,10 +498,12 @@ def _checkpoint(sequence_number: str | None) -> str:
 def _source(arn: str | None) -> str:
     if arn is None:
         return "-"
-    # arn:aws:dynamodb:…:table/NAME/stream/… or arn:aws:kinesis:…:stream/NAME
-    resource = arn.split(":", 5)[-1]
-    parts = resource.split("/")
-    return "/".join(parts[:2]) if len(parts) > 1 else resource
+    parsed = Arn.of(arn)
+    if parsed is None:
+        return arn
+    # table/NAME/stream/… or stream/NAME
+    parts = parsed.resource.split("/")
+    return "/".join(parts[:2]) if len(parts) > 1 else parsed.resource
 
 
 def _ago(at: float, now: float) -> str:

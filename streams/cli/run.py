@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
 from typing import TextIO
 
+from streams.cli.common import sigterm_as_interrupt
 from streams.cli.local import deploy_to_local_endpoint
 from streams.errors import UserError
-from streams.local.endpoint import (
-    DEFAULT_TEMPLATE,
-)
 from streams.local.run import LocalMapping
+from streams.local.template import DEFAULT_TEMPLATE
 from streams.mapping import Invocation
-from streams.mapping.state.table import LeaseLost
+from streams.mapping.state.lease import LeaseLost
 
 # Quiet mode: one summary line at most this often (seconds), while invocations happen.
 SUMMARY_SECONDS = 10.0
@@ -102,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     summary = Summary(out, verbose=args.verbose)
     mapping = LocalMapping(stack, args.function, on_invocation=summary.invoked)
     _describe(mapping, args.exit_when_idle, out)
-    with _logging(args.verbose, out), _sigterm_as_interrupt():
+    with _logging(args.verbose, out), sigterm_as_interrupt():
         try:
             mapping.run(exit_when_idle=args.exit_when_idle)
         except KeyboardInterrupt:
@@ -248,20 +245,3 @@ def _logging(verbose: bool, out: TextIO) -> Iterator[None]:
         loggers["streams"].removeHandler(handler)
         for name, level in previous.items():
             loggers[name].setLevel(level)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill` stops the mapping as Ctrl-C does: batches in flight finish and checkpoint."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -25,26 +25,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from decimal import Decimal
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
+from streams.cli.endpoint import Endpoint, current_endpoint
 from streams.demo.generate import generate_updates
 from streams.errors import UserError
-from streams.local.endpoint import Endpoint, current_endpoint
-from streams.writer import InvalidItemError, TableWriteError, TableWriter
+from streams.writer import TableWriteError, TableWriter
+from streams.writer.ingest import Checkpoint, FailedFile, Ingest, Line, ProgressFile, parse_lines
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
 _CHECKPOINT_SECONDS = 1.0
-_STATE_VERSION = 1
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -119,38 +118,6 @@ class _Options:
     senders: int
     every_write: bool
     json: bool
-
-
-@dataclass(frozen=True)
-class _Line:
-    """One line of the input (or one generated update)."""
-
-    number: int
-    start: int  # byte offsets of the line in the input (0 for generated updates)
-    end: int
-    text: str | None  # the line as read, for the failed file (None when generated)
-    item: dict[str, Any] | None  # None: a blank line, or a bad one
-    problem: str | None = None  # why the line is not an item
-
-
-@dataclass(frozen=True)
-class _Checkpoint:
-    """Every line up to `line` (ending at byte `offset`) is written or in the failed file."""
-
-    line: int
-    offset: int
-
-
-@dataclass
-class _Tally:
-    """What the main thread has read so far; the progress display reads it too."""
-
-    lines: int = 0
-    position: int = 0
-    bad: int = 0
-    failed_file_used: bool = False
-    outstanding: dict[int, _Line] = field(default_factory=dict)  # by write number
-    failures_seen: int = 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -261,27 +228,32 @@ class _Run:
     def __init__(self, options: _Options, writer: TableWriter) -> None:
         self.options = options
         self.writer = writer
-        self.tally = _Tally()
         self.started = time.monotonic()
         self.first_line = 1
-        self.start_offset = 0
-        self.saved_line = 0  # what the progress file says is done
+        self.progress = (
+            ProgressFile(options.state, options.input, options.table)
+            if options.state is not None and options.input is not None
+            else None
+        )
+        self.ingest = Ingest(
+            writer, FailedFile(options.failed), self.progress, on_bad_line=_say_bad
+        )
 
     def execute(self) -> int:
         options = self.options
-        if options.resume and options.state is not None:
-            self._load_checkpoint(options.state)
+        if options.resume and self.progress is not None:
+            self._resume(self.progress)
         elif options.failed.exists():
             options.failed.unlink()  # a fresh run: an earlier run's failures do not apply
         stopped_at_once = False
         table_error: TableWriteError | None = None
-        with _StopSignals() as stop, _FailedSink(options.failed, self.tally) as failed_sink:
+        with _StopSignals() as stop, self.ingest.failed:
             display = _BarDisplay(self) if sys.stderr.isatty() else _LineDisplay(self)
             display.start()
             try:
-                exhausted = self._write_lines(stop, failed_sink)
+                exhausted = self._write_lines(stop)
                 self.writer.close()
-                checkpoint = self._checkpoint(failed_sink)
+                checkpoint = self.ingest.checkpoint()
             except KeyboardInterrupt:
                 self.writer.abort("not sent: stopped by a second signal")
                 stopped_at_once = True
@@ -298,34 +270,26 @@ class _Run:
 
     # -- reading and writing -----------------------------------------------------------------
 
-    def _write_lines(self, stop: _StopSignals, failed_sink: _FailedSink) -> bool:
+    def _write_lines(self, stop: _StopSignals) -> bool:
         """Put every line's item; return whether the input was read to its end."""
         last_checkpoint = time.monotonic()
         for line in self._lines():
             if stop.received is not None:
                 print(
                     f"{signal.Signals(stop.received).name}: stopping after line "
-                    f"{self.tally.lines:,}; flushing what is pending (a second signal stops at "
+                    f"{self.ingest.lines:,}; flushing what is pending (a second signal stops at "
                     f"once)",
                     file=sys.stderr,
                     flush=True,
                 )
                 return False
-            tally = self.tally
-            tally.lines, tally.position = line.number, line.end
-            if line.problem is not None:
-                self._bad_line(line, line.problem, failed_sink)
-            elif line.item is not None:
-                try:
-                    tally.outstanding[self.writer.put(line.item)] = line
-                except InvalidItemError as error:
-                    self._bad_line(line, str(error), failed_sink)
+            self.ingest.put(line)
             if time.monotonic() - last_checkpoint >= _CHECKPOINT_SECONDS:
-                self._checkpoint(failed_sink)
+                self.ingest.checkpoint()
                 last_checkpoint = time.monotonic()
         return stop.received is None
 
-    def _lines(self) -> Iterator[_Line]:
+    def _lines(self) -> Iterator[Line]:
         options = self.options
         if options.generate is not None:
             updates = generate_updates(
@@ -335,83 +299,43 @@ class _Run:
                 seed=options.seed,
             )
             for number, update in enumerate(updates, start=1):
-                yield _Line(number, 0, 0, None, update)
+                yield Line(number, 0, 0, None, update)
         elif options.input is None:
-            yield from _parse(sys.stdin.buffer, first_line=1, offset=0)
+            yield from parse_lines(sys.stdin.buffer, first_line=1, offset=0)
         else:
             with options.input.open("rb") as stream:
-                stream.seek(self.start_offset)
-                yield from _parse(stream, first_line=self.first_line, offset=self.start_offset)
+                stream.seek(self.ingest.position)
+                yield from parse_lines(
+                    stream, first_line=self.first_line, offset=self.ingest.position
+                )
 
-    def _bad_line(self, line: _Line, problem: str, failed_sink: _FailedSink) -> None:
-        self.tally.bad += 1
-        print(f"line {line.number}: {problem}; skipped", file=sys.stderr)
-        failed_sink.write(line, problem)
-
-    # -- progress: the failed file and the progress file -------------------------------------
-
-    def _checkpoint(self, failed_sink: _FailedSink) -> _Checkpoint:
-        """Record new failures, then save how far every line is written."""
-        done = self.writer.completed_through()  # first: every failure up to it is reported
-        tally = self.tally
-        failed = self.writer.report.failed
-        for failure in failed[tally.failures_seen :]:
-            failed_sink.write(tally.outstanding[failure.seq], failure.reason)
-        tally.failures_seen = len(failed)
-        for seq in [seq for seq in tally.outstanding if seq <= done]:
-            del tally.outstanding[seq]
-        if tally.outstanding:
-            first = next(iter(tally.outstanding.values()))
-            checkpoint = _Checkpoint(first.number - 1, first.start)
-        else:
-            checkpoint = _Checkpoint(tally.lines, tally.position)
-        failed_sink.flush()
-        if self.options.state is not None:
-            _save_state(self.options, checkpoint)
-            self.saved_line = checkpoint.line
-        return checkpoint
-
-    def _load_checkpoint(self, state: Path) -> None:
-        options = self.options
-        assert options.input is not None  # _options refuses --resume without an input file
-        if not state.exists():
-            print(f"no progress file {state} yet: starting at line 1", file=sys.stderr)
+    def _resume(self, progress: ProgressFile) -> None:
+        checkpoint = progress.load()
+        if checkpoint is None:
+            print(f"no progress file {progress.path} yet: starting at line 1", file=sys.stderr)
             return
-        try:
-            saved = json.loads(state.read_text(encoding="utf-8"))
-            input_path, table = saved["input"], saved["table"]
-            line, offset = int(saved["line"]), int(saved["offset"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise UserError(f"progress file {state} is unreadable ({error}): remove it") from None
-        if Path(input_path) != options.input.resolve() or table != options.table:
-            raise UserError(
-                f"progress file {state} is for {input_path} into table {table!r}, not "
-                f"{options.input} into {options.table!r}: choose another with --state"
-            )
-        if offset > options.input.stat().st_size:
-            raise UserError(
-                f"{options.input} is shorter than when {state} was saved: it changed, so "
-                f"resuming would skip the wrong lines; run without --resume"
-            )
-        self.first_line, self.start_offset, self.saved_line = line + 1, offset, line
-        self.tally.lines, self.tally.position = line, offset
-        print(f"resuming after line {line:,} (from {state})", file=sys.stderr)
+        self.ingest = Ingest(
+            self.writer, self.ingest.failed, progress, start=checkpoint, on_bad_line=_say_bad
+        )
+        self.first_line = checkpoint.line + 1
+        print(f"resuming after line {checkpoint.line:,} (from {progress.path})", file=sys.stderr)
 
     def _resume_hint(self) -> str:
-        if self.options.state is None:
+        if self.progress is None:
             return ""
+        saved = self.ingest.saved
         return (
-            f" (every line up to {self.saved_line:,} is written; run again with --resume to "
-            f"continue from line {self.saved_line + 1:,})"
+            f" (every line up to {saved:,} is written; run again with --resume to "
+            f"continue from line {saved + 1:,})"
         )
 
     # -- the end -----------------------------------------------------------------------------
 
-    def _summarize(self, checkpoint: _Checkpoint, interrupted: int | None) -> int:
-        options, tally, report = self.options, self.tally, self.writer.report
+    def _summarize(self, checkpoint: Checkpoint, interrupted: int | None) -> int:
+        options, ingest, report = self.options, self.ingest, self.writer.report
         seconds = time.monotonic() - self.started
         rate = report.written / seconds if seconds > 0 else 0.0
-        failed_file = str(options.failed) if tally.failed_file_used else None
+        failed_file = str(options.failed) if ingest.failed.used else None
         if options.json:
             summary = {
                 "table": options.table,
@@ -424,7 +348,7 @@ class _Run:
                 "unprocessed": report.unprocessed,
                 "throttled": report.throttled,
                 "failed": len(report.failed),
-                "bad_lines": tally.bad,
+                "bad_lines": ingest.bad,
                 "failed_file": failed_file,
                 "seconds": round(seconds, 3),
                 "items_per_second": round(rate, 1),
@@ -440,7 +364,7 @@ class _Run:
             )
             if failed_file:
                 print(
-                    f"{len(report.failed):,} items failed and {tally.bad:,} lines were bad: "
+                    f"{len(report.failed):,} items failed and {ingest.bad:,} lines were bad: "
                     f"see {failed_file}"
                 )
         if interrupted is not None:
@@ -461,81 +385,8 @@ class _Run:
         return 128 + signum
 
 
-def _parse(stream: IO[bytes], *, first_line: int, offset: int) -> Iterator[_Line]:
-    number, position = first_line - 1, offset
-    for raw in stream:
-        number += 1
-        start, position = position, position + len(raw)
-        try:
-            text = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as error:
-            yield _Line(number, start, position, None, None, f"not UTF-8 text ({error})")
-            continue
-        if not text:
-            yield _Line(number, start, position, None, None)
-            continue
-        try:
-            value = json.loads(
-                text, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_constant
-            )
-        except ValueError as error:
-            yield _Line(number, start, position, text, None, f"malformed JSON ({error})")
-            continue
-        if not isinstance(value, dict):
-            problem = f"not a JSON object (one item per line), but {type(value).__name__}"
-            yield _Line(number, start, position, text, None, problem)
-            continue
-        yield _Line(number, start, position, text, value)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number DynamoDB can store")
-
-
-def _save_state(options: _Options, checkpoint: _Checkpoint) -> None:
-    assert options.state is not None and options.input is not None
-    state = {
-        "version": _STATE_VERSION,
-        "input": str(options.input.resolve()),
-        "table": options.table,
-        "line": checkpoint.line,
-        "offset": checkpoint.offset,
-    }
-    temporary = options.state.with_name(options.state.name + ".tmp")
-    temporary.write_text(json.dumps(state) + "\n", encoding="utf-8")
-    temporary.replace(options.state)  # atomic: a crash leaves the old or the new, never half
-
-
-class _FailedSink:
-    """The failed file: one JSON object per line that was not written, opened on first use."""
-
-    def __init__(self, path: Path, tally: _Tally) -> None:
-        self._path = path
-        self._tally = tally
-        self._file: IO[str] | None = None
-
-    def __enter__(self) -> _FailedSink:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._file is not None:
-            self._file.close()
-
-    def write(self, line: _Line, reason: str) -> None:
-        if self._file is None:
-            self._file = self._path.open("a", encoding="utf-8")
-            self._tally.failed_file_used = True
-        head = f'{{"line": {line.number}, "reason": {json.dumps(reason, ensure_ascii=False)}, '
-        if line.item is None:
-            self._file.write(f'{head}"text": {json.dumps(line.text, ensure_ascii=False)}}}\n')
-        elif line.text is not None:
-            self._file.write(f'{head}"item": {line.text}}}\n')  # as read: numbers stay exact
-        else:
-            self._file.write(f'{head}"item": {json.dumps(line.item, ensure_ascii=False)}}}\n')
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+def _say_bad(line: Line, problem: str) -> None:
+    print(f"line {line.number}: {problem}; skipped", file=sys.stderr)
 
 
 class _StopSignals:
@@ -613,11 +464,11 @@ class _LineDisplay:
         self._ticker.stop()
 
     def _tick(self) -> None:
-        report, tally = self._run.writer.report, self._run.tally
+        report, ingest = self._run.writer.report, self._run.ingest
         print(
             f"{time.monotonic() - self._run.started:.0f} s: {report.written:,} written "
             f"({self._rate(report.written):,.0f}/s), {report.throttled:,} throttled, "
-            f"{len(report.failed) + tally.bad:,} failed, line {tally.lines:,}",
+            f"{len(report.failed) + ingest.bad:,} failed, line {ingest.lines:,}",
             file=sys.stderr,
             flush=True,
         )
@@ -655,7 +506,7 @@ class _BarDisplay:
             console=Console(file=sys.stderr),
         )
         self._task = self._progress.add_task(
-            f"writing to {options.table}", total=total, completed=run.tally.position, status=""
+            f"writing to {options.table}", total=total, completed=run.ingest.position, status=""
         )
 
     def start(self) -> None:
@@ -668,13 +519,13 @@ class _BarDisplay:
         self._progress.stop()
 
     def _tick(self) -> None:
-        report, tally = self._run.writer.report, self._run.tally
+        report, ingest = self._run.writer.report, self._run.ingest
         generated = self._run.options.generate is not None
         self._progress.update(
             self._task,
-            completed=tally.lines if generated else tally.position,
+            completed=ingest.lines if generated else ingest.position,
             status=(
                 f"{report.written:,} written · {self._rate(report.written):,.0f}/s · "
-                f"{report.throttled:,} throttled · {len(report.failed) + tally.bad:,} failed"
+                f"{report.throttled:,} throttled · {len(report.failed) + ingest.bad:,} failed"
             ),
         )

@@ -32,15 +32,12 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streams.demo.generate import STATUSES, generate_updates
-from streams.local.endpoint import (
-    DeployedStack,
-    EndpointProcess,
-    deploy_template,
-    endpoint_recorded,
-    local_session,
-)
+from streams.local.endpoint import EndpointProcess, endpoint_recorded, local_session
 from streams.local.run import LocalMapping
-from streams.monitor.model import LocalMonitor, MonitorSampler, MonitorSnapshot, queues_from_outputs
+from streams.local.stack import DeployedStack, deploy_template
+from streams.monitor.history import MonitorSampler
+from streams.monitor.local import LocalMonitor
+from streams.monitor.model import MonitorSnapshot, queues_from_outputs
 from streams.ops.dlq import DeadLetterQueueReader
 from streams.writer import TableWriter, WriteReport
 
@@ -318,7 +315,7 @@ class Demo:
         )
         chart = None
         if self.chart is not None:
-            from streams.monitor.model import write_chart
+            from streams.monitor.chart import write_chart
 
             chart = write_chart(
                 sampler.history.samples, self.chart, title="The demo: iterator age and throughput"

@@ -47,7 +47,7 @@ __all__ = [
     "RETRYABLE_CHECKPOINT_ERRORS",
     "CheckpointFailed",
     "KclRecordProcessor",
-    "Position",
+    "RecordPosition",
     "StreamSource",
     "claim_stdout",
     "lambda_record",
@@ -63,7 +63,7 @@ SHUTDOWN_EXCEPTION = "ShutdownException"
 _SHARD_END = {"sequenceNumber": "SHARD_END"}
 
 #: How a checkpoint ended: "given up" after the retryable errors used every attempt.
-Outcome = Literal["checkpointed", "given up", "lease gone"]
+CheckpointOutcome = Literal["checkpointed", "given up", "lease gone"]
 
 
 class KclRecord(Protocol):
@@ -129,7 +129,7 @@ class StreamSource:
 
 
 @dataclass(frozen=True)
-class Position:
+class RecordPosition:
     """A place in the shard that KCL delivered: a checkpoint there resumes after it."""
 
     sequence_number: str
@@ -192,8 +192,8 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
         self.checkpoint_attempts = checkpoint_attempts
         self.shard_id = ""
         self._sleep = sleep
-        self._done: Position | None = None
-        self._checkpointed: Position | None = None
+        self._done: RecordPosition | None = None
+        self._checkpointed: RecordPosition | None = None
 
     # amazon-kclpy's v3 interface -------------------------------------------------------------
 
@@ -234,7 +234,7 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
 
     def _views(
         self, records: Sequence[KclRecord]
-    ) -> tuple[list[StreamRecord], list[Position | None]]:
+    ) -> tuple[list[StreamRecord], list[RecordPosition | None]]:
         """The batch as views, each with the position to checkpoint at once it is done.
 
         KCL accepts a checkpoint only at a position it delivered. A KPL aggregate that KCL
@@ -242,11 +242,11 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
         checkpointed once its last user record is done, and until then only before it.
         """
         views: list[StreamRecord] = []
-        positions: list[Position | None] = []
+        positions: list[RecordPosition | None] = []
         before = self._done
         for record in records:
             raw = lambda_record(record, self.shard_id, self.source)
-            position = Position(record.sequence_number, record.sub_sequence_number)
+            position = RecordPosition(record.sequence_number, record.sub_sequence_number)
             if may_be_aggregate(raw):
                 user_records = deaggregate(raw)
                 for index, (user, sub_sequence_number) in enumerate(user_records, start=1):
@@ -270,7 +270,7 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
     def _process(
         self,
         records: list[StreamRecord],
-        positions: list[Position | None],
+        positions: list[RecordPosition | None],
         checkpointer: Checkpointer,
     ) -> None:
         """Run the batch through the core, holding on a record that must be tried again."""
@@ -304,7 +304,9 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
         if self._done is not None and self._done != self._checkpointed:
             self._checkpoint(checkpointer, self._done)
 
-    def _checkpoint(self, checkpointer: Checkpointer, position: Position) -> Outcome:
+    def _checkpoint(
+        self, checkpointer: Checkpointer, position: RecordPosition
+    ) -> CheckpointOutcome:
         """Checkpoint at `position`: KCL resumes after it."""
         outcome = self._retrying(
             lambda: checkpointer.checkpoint(position.sequence_number, position.sub_sequence_number),
@@ -314,7 +316,7 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
             self._checkpointed = position
         return outcome
 
-    def _retrying(self, checkpoint: Callable[[], None], where: dict[str, Any]) -> Outcome:
+    def _retrying(self, checkpoint: Callable[[], None], where: dict[str, Any]) -> CheckpointOutcome:
         """One checkpoint, tried again on a retryable error; `CheckpointFailed` on the others."""
         attempt = 0
         while True:
@@ -357,7 +359,7 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
             raise SystemExit(1) from None
 
 
-def _position_fields(position: Position) -> dict[str, Any]:
+def _position_fields(position: RecordPosition) -> dict[str, Any]:
     return {
         "sequenceNumber": position.sequence_number,
         "subSequenceNumber": position.sub_sequence_number,

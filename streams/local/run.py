@@ -47,17 +47,18 @@ from typing import TYPE_CHECKING, Final, Protocol
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.arn import Arn
 from streams.backoff import Backoff
 from streams.errors import UserError
-from streams.local.endpoint import (
+from streams.local.endpoint import local_session
+from streams.local.stack import DeployedStack
+from streams.local.template import (
     MAPPING_TYPE,
-    DeployedStack,
     EventSourceSpec,
     QueueSourceSpec,
     SkippedPart,
-    local_session,
+    TemplateFunction,
 )
-from streams.local.endpoint import FunctionSpec as TemplateFunction
 from streams.mapping import (
     DEFAULT_RETENTION_SECONDS,
     DEFAULT_RETRY_BACKOFF,
@@ -65,24 +66,16 @@ from streams.mapping import (
     Invocation,
     MappingSettings,
 )
-from streams.mapping.function.pool import (
-    FunctionSpec,
-    WorkerInvokeResult,
-    WorkerPool,
-    resolve_interpreter,
-)
+from streams.mapping.function.interpreter import resolve_interpreter
+from streams.mapping.function.pool import WorkerPool
+from streams.mapping.function.spec import FunctionSpec
 from streams.mapping.sqs import QueuePoller, QueueSettings, check_queue, describe_queue
-from streams.mapping.state.table import (
-    DEFAULT_TABLE_NAME,
-    DynamoDBCheckpointStore,
-    LeaseLost,
-    MappingId,
-    ShardState,
-    function_counts,
-)
+from streams.mapping.state import Observers, OnInvocation
+from streams.mapping.state.layout import DEFAULT_TABLE_NAME, MappingId
+from streams.mapping.state.lease import LeaseLost
+from streams.mapping.state.table import DynamoDBCheckpointStore
 from streams.sources import DynamoDBStreamSource, KinesisStreamSource
-from streams.sources.base import EventSource, Position, ReadResult, Shard, ShardReader, ShardSource
-from streams.sources.convert import arn_account, arn_region
+from streams.sources.base import ShardSource
 
 if TYPE_CHECKING:
     import boto3
@@ -178,7 +171,7 @@ class LocalMapping:
         self.function_spec = _worker_spec(
             function,
             region=self.region,
-            account_id=arn_account(source_arns[0]),
+            account_id=Arn.parse(source_arns[0]).account,
             endpoint_url=self.endpoint_url,
             credentials=_credentials(self._session),
         )
@@ -186,7 +179,7 @@ class LocalMapping:
         self._sleep = sleep
         self._backoff = backoff
         self._lease_seconds = lease_seconds
-        self._on_invocation = on_invocation
+        self._observers = () if on_invocation is None else (OnInvocation(on_invocation),)
         self._state_table = state_table
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -275,15 +268,13 @@ class LocalMapping:
             lease_seconds=self._lease_seconds,
             clock=self._clock,
         )
-        figures = _ShardFigures(store)
-        source = _open_source(stream.spec, self._session, self.endpoint_url)
         engine = EventSourceMapping(
             stream.settings,
-            _ReportingSource(source, figures),
+            _open_source(stream.spec, self._session, self.endpoint_url),
             workers,
             function_arn=self.function_spec.arn,
-            checkpoints=_ReportingCheckpoints(store, figures),
-            metrics=store,
+            checkpoints=store,
+            observer=Observers(store, *self._observers),
             session=self._session,
             endpoint_url=self.endpoint_url,
             function_timeout=self.function_spec.timeout,
@@ -293,7 +284,6 @@ class LocalMapping:
             backoff=self._backoff,
             # Stable across runs, as AWS's mapping UUID is: it names S3 on-failure objects.
             mapping_id=str(uuid.uuid5(uuid.NAMESPACE_URL, stream.mapping_id.key)),
-            on_invocation=self._observer(figures),
         )
         return _StreamRun(stream, store, engine, stopping=self._stopping, done=done)
 
@@ -304,7 +294,7 @@ class LocalMapping:
         arn = mapping.spec.queue_arn
         sqs = self._session.client(
             "sqs",
-            region_name=arn_region(arn),
+            region_name=Arn.parse(arn).region,
             endpoint_url=self.endpoint_url,
             config=_CLIENT_CONFIG,
         )
@@ -321,17 +311,9 @@ class LocalMapping:
             function_timeout=self.function_spec.timeout,
             clock=self._clock,
             sleep=self._sleep,
-            on_invocation=self._on_invocation,
+            observer=Observers(*self._observers),
         )
         return _QueueRun(mapping, poller, done=done)
-
-    def _observer(self, figures: _ShardFigures) -> Callable[[Invocation], None]:
-        def observe(invocation: Invocation) -> None:
-            figures.invoked(invocation)
-            if self._on_invocation is not None:
-                self._on_invocation(invocation)
-
-        return observe
 
 
 # --- building the parts -------------------------------------------------------------------
@@ -414,7 +396,7 @@ def _worker_spec(
 
 
 def _open_source(spec: EventSourceSpec, session: boto3.Session, endpoint_url: str) -> ShardSource:
-    region = arn_region(spec.event_source_arn)
+    region = Arn.parse(spec.event_source_arn).region
     if spec.event_source == "aws:dynamodb":
         return DynamoDBStreamSource(
             spec.event_source_arn,
@@ -438,116 +420,10 @@ def _retention_seconds(spec: EventSourceSpec, session: boto3.Session, endpoint_u
     if spec.event_source != "aws:kinesis":
         return DEFAULT_RETENTION_SECONDS
     kinesis = session.client(
-        "kinesis", region_name=arn_region(spec.event_source_arn), endpoint_url=endpoint_url
+        "kinesis", region_name=Arn.parse(spec.event_source_arn).region, endpoint_url=endpoint_url
     )
     summary = kinesis.describe_stream_summary(StreamARN=spec.event_source_arn)
     return float(summary["StreamDescriptionSummary"]["RetentionPeriodHours"]) * 3600
-
-
-# --- what the state table shows per shard, beyond the engine's metrics --------------------
-
-
-class _ShardFigures:
-    """Writes each shard's state, its last batch's outcome and the function's own counts.
-
-    A failed write never stops delivery: the store keeps the figures and writes them with the
-    shard's next metrics write.
-    """
-
-    _ORDER: Final[Mapping[ShardState, int]] = {"open": 0, "closed": 1, "finished": 2}
-
-    def __init__(self, store: DynamoDBCheckpointStore) -> None:
-        self._store = store
-        self._lock = threading.Lock()
-        self._states: dict[str, ShardState] = {}
-
-    def state(self, shard_id: str, state: ShardState) -> None:
-        """A shard's state only moves forward: open, closed, finished."""
-        with self._lock:
-            current = self._states.get(shard_id)
-            if current is not None and self._ORDER[current] >= self._ORDER[state]:
-                return
-            self._states[shard_id] = state
-        self._write(shard_id, {}, state=state)
-
-    def invoked(self, invocation: Invocation) -> None:
-        result = invocation.result
-        counts = function_counts(result.metrics) if isinstance(result, WorkerInvokeResult) else {}
-        self._write(invocation.shard_id, counts, last_outcome=invocation.outcome)
-
-    def _write(
-        self,
-        shard_id: str,
-        counts: Mapping[str, float],
-        *,
-        state: ShardState | None = None,
-        last_outcome: str | None = None,
-    ) -> None:
-        try:
-            self._store.record_metrics(shard_id, counts, state=state, last_outcome=last_outcome)
-        except (BotoCoreError, ClientError) as error:
-            logger.warning("shard %s: metrics not written yet (%s)", shard_id, error)
-
-
-class _ReportingReader:
-    """A shard reader that says when it has reached the end of its (closed) shard."""
-
-    def __init__(self, reader: ShardReader, ended: Callable[[], None]) -> None:
-        self._reader = reader
-        self._ended = ended
-
-    def read(self, limit: int) -> ReadResult:
-        result = self._reader.read(limit)
-        if result.shard_ended:
-            self._ended()
-        return result
-
-
-class _ReportingSource:
-    """A shard source that reports each shard's state: `open` when a reader starts on it,
-    `closed` once the stream lists it closed or its reader has reached its end."""
-
-    def __init__(self, source: ShardSource, figures: _ShardFigures) -> None:
-        self.event_source: EventSource = source.event_source
-        self.source_arn: str = source.source_arn
-        self._source = source
-        self._figures = figures
-        self._lock = threading.Lock()
-        self._listed_closed: set[str] = set()
-        self._reading: set[str] = set()
-
-    def list_shards(self) -> list[Shard]:
-        shards = self._source.list_shards()
-        with self._lock:
-            self._listed_closed = {shard.shard_id for shard in shards if shard.closed}
-            closing = sorted(self._reading & self._listed_closed)
-        for shard_id in closing:
-            self._figures.state(shard_id, "closed")
-        return shards
-
-    def open(self, shard_id: str, position: Position) -> ShardReader:
-        reader = self._source.open(shard_id, position)
-        with self._lock:
-            self._reading.add(shard_id)
-            closed = shard_id in self._listed_closed
-        self._figures.state(shard_id, "closed" if closed else "open")
-        return _ReportingReader(reader, lambda: self._figures.state(shard_id, "closed"))
-
-
-class _ReportingCheckpoints:
-    """The state table's checkpoints, reporting a shard `finished` once checkpointed so."""
-
-    def __init__(self, store: DynamoDBCheckpointStore, figures: _ShardFigures) -> None:
-        self._store = store
-        self._figures = figures
-
-    def get(self, shard_id: str) -> str | None:
-        return self._store.get(shard_id)
-
-    def put(self, shard_id: str, sequence_number: str | None, shard_finished: bool) -> None:
-        self._store.put(shard_id, sequence_number, shard_finished)
-        if shard_finished:
-            self._figures.state(shard_id, "finished")
 
 
 # --- one event source's run, in its own thread --------------------------------------------

@@ -2,16 +2,17 @@
 
     settings = MappingSettings.from_properties(spec.properties, spec.event_source)
     mapping = EventSourceMapping(settings, source, invoker, function_arn=arn,
-                                 checkpoints=store, metrics=sink)
+                                 checkpoints=store, observer=observer)
     mapping.run()
 
 The seams: a `ShardSource` (`streams.sources`), an `Invoker` (the function), a
-`CheckpointStore` and a `MetricsSink`. See docs/mapping.md for how each rule is implemented.
+`CheckpointStore` and a `MappingObserver` (`streams.mapping.state`). docs/esm.md says which of
+Lambda's rules the mapping follows; docs/mapping.md how each is implemented.
 """
 
 from __future__ import annotations
 
-from streams.mapping.delivery import DEFAULT_RETRY_BACKOFF, Invocation
+from streams.mapping.delivery import DEFAULT_RETRY_BACKOFF
 from streams.mapping.destinations import (
     Destination,
     OnFailureRecord,
@@ -24,6 +25,7 @@ from streams.mapping.filters import FilterPattern, RecordFilter
 from streams.mapping.invoke import (
     FunctionError,
     InProcessInvoker,
+    Invocation,
     Invoker,
     InvokeResult,
     LambdaContext,
@@ -32,10 +34,13 @@ from streams.mapping.invoke import (
 from streams.mapping.settings import MappingSettings
 from streams.mapping.state import (
     CheckpointStore,
+    MappingObserver,
     MemoryCheckpointStore,
     MetricCounters,
     MetricName,
-    MetricsSink,
+    Observers,
+    OnInvocation,
+    ShardState,
 )
 
 __all__ = [
@@ -51,15 +56,18 @@ __all__ = [
     "InvokeResult",
     "Invoker",
     "LambdaContext",
+    "MappingObserver",
     "MappingSettings",
     "MemoryCheckpointStore",
     "MetricCounters",
     "MetricName",
-    "MetricsSink",
     "NotInvoked",
+    "Observers",
     "OnFailureRecord",
+    "OnInvocation",
     "RecordFilter",
     "ResponseContext",
+    "ShardState",
     "on_failure_record",
     "open_destination",
 ]

@@ -35,10 +35,11 @@ the next run.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -51,14 +52,14 @@ from streams.mapping.destinations import (
     ResponseContext,
     on_failure_record,
 )
-from streams.mapping.invoke import Invoker, InvokeResult, NotInvoked
+from streams.mapping.invoke import Invocation, Invoker, InvokeResult, NotInvoked
 from streams.mapping.responses import Outcome, interpret
 from streams.mapping.settings import MappingSettings
 from streams.mapping.shapes import RecordShape
-from streams.mapping.state import EVENT_COUNT_METRICS, MetricName, MetricsSink
+from streams.mapping.state import EVENT_COUNT_METRICS, MappingObserver, MetricName, ShardState
 from streams.mapping.windows import Window
 
-__all__ = ["DEFAULT_RETRY_BACKOFF", "Entry", "Invocation", "MappingContext", "ShardDelivery"]
+__all__ = ["DEFAULT_RETRY_BACKOFF", "Entry", "MappingContext", "ShardDelivery"]
 
 logger = logging.getLogger("streams.mapping")
 
@@ -101,19 +102,6 @@ DEFAULT_RETRY_BACKOFF: Final = Backoff(base=1.0, cap=60.0, jitter=False)
 
 
 @dataclass(frozen=True)
-class Invocation:
-    """One invocation as the mapping saw it, for an observer (the per-invocation log line's
-    facts): `outcome` is worded as in that line, `duration` is in seconds on the mapping's clock."""
-
-    shard_id: str
-    records: int
-    outcome: str
-    succeeded: bool
-    duration: float
-    result: InvokeResult
-
-
-@dataclass(frozen=True)
 class MappingContext:
     """What every shard of one mapping shares. `pause(seconds)` returns False if stopped."""
 
@@ -124,20 +112,35 @@ class MappingContext:
     function_timeout: float
     invoker: Invoker
     destination: Destination | None
-    metrics: MetricsSink | None
+    observer: MappingObserver
     clock: Callable[[], float]
     pause: Callable[[float], bool]
     stopping: Callable[[], bool]
     retention_seconds: float
     backoff: Backoff
-    on_invocation: Callable[[Invocation], None] | None = None
+    _states: dict[str, ShardState] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _states_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def emit(self, shard_id: str, name: MetricName, value: float) -> None:
-        if self.metrics is None:
-            return
         if name in EVENT_COUNT_METRICS and (value == 0 or not self.settings.event_count_metrics):
             return
-        self.metrics.record(shard_id, name, value)
+        self.observer.record(shard_id, name, value)
+
+    def shard_state(self, shard_id: str, state: ShardState) -> None:
+        """Tell the observer a shard's state once, and only when it moves forward."""
+        with self._states_lock:
+            current = self._states.get(shard_id)
+            if current is not None and _STATE_ORDER[current] >= _STATE_ORDER[state]:
+                return
+            self._states[shard_id] = state
+        self.observer.shard_state(shard_id, state)
+
+
+_STATE_ORDER: Final[dict[ShardState, int]] = {"open": 0, "closed": 1, "finished": 2}
 
 
 @dataclass
@@ -243,10 +246,17 @@ class ShardDelivery:
             duration * 1000,
             result.request_id,
         )
-        if self._context.on_invocation is not None:
-            self._context.on_invocation(
-                Invocation(self._shard_id, count, outcome, succeeded, duration, result)
+        self._context.observer.invoked(
+            Invocation(
+                self._shard_id,
+                count,
+                outcome,
+                succeeded,
+                duration,
+                result,
+                source_arn=self._context.source_arn,
             )
+        )
 
     # --- failures ------------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import boto3
 
+from streams.arn import Arn
 from streams.mapping.shapes import RecordShape, iso_millis
-from streams.sources.convert import arn_account, arn_region, arn_resource, arn_service
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -123,10 +123,11 @@ class SqsDestination:
     """An SQS queue: the record is the message body."""
 
     def __init__(self, arn: str, client: SQSClient) -> None:
-        name = arn_resource(arn)
+        parsed = Arn.parse(arn)
+        name = parsed.name
         self.arn = arn
         self._client = client
-        self._account = arn_account(arn)
+        self._account = parsed.account
         self._name = name
         self._queue_url: str | None = None
 
@@ -159,7 +160,7 @@ class S3Destination:
 
     def __init__(self, arn: str, client: S3Client, *, mapping_id: str) -> None:
         self.arn = arn
-        self._bucket = arn_resource(arn)
+        self._bucket = Arn.parse(arn).name
         self._client = client
         self._mapping_id = mapping_id
 
@@ -187,7 +188,8 @@ def open_destination(
 ) -> Destination:
     """The destination an `OnFailure.Destination` ARN names, with a client in its region (on
     `endpoint_url` when given: a local endpoint)."""
-    service, region = arn_service(arn), arn_region(arn)
+    parsed = Arn.parse(arn)
+    service, region = parsed.service, parsed.region
     if service == "sqs":
         return SqsDestination(
             arn, session.client("sqs", region_name=region, endpoint_url=endpoint_url)

@@ -21,7 +21,6 @@ under way finish and checkpoint; nothing is started after it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,14 +30,15 @@ from typing import Final
 import boto3
 
 from streams.backoff import Backoff
-from streams.mapping.delivery import DEFAULT_RETRY_BACKOFF, Invocation, MappingContext
+from streams.mapping.delivery import DEFAULT_RETRY_BACKOFF, MappingContext
 from streams.mapping.destinations import Destination, open_destination
 from streams.mapping.filters import RecordFilter
 from streams.mapping.invoke import Invoker
 from streams.mapping.settings import MappingSettings
 from streams.mapping.shapes import RecordShape
 from streams.mapping.shard import POLL_INTERVAL, ShardWorker
-from streams.mapping.state import CheckpointStore, MemoryCheckpointStore, MetricsSink
+from streams.mapping.state import CheckpointStore, MappingObserver, MemoryCheckpointStore
+from streams.mapping.stop import Stop
 from streams.sources.base import Position, Shard, ShardSource
 from streams.sources.lineage import startable_shards
 
@@ -48,8 +48,6 @@ logger = logging.getLogger("streams.mapping")
 
 # How long records stay in the stream: 24 h for DynamoDB Streams and by default for Kinesis.
 DEFAULT_RETENTION_SECONDS: Final = 24 * 3600.0
-# The longest uninterrupted sleep: `stop()` is noticed within this many seconds.
-_PAUSE_STEP: Final = 0.25
 
 
 class EventSourceMapping:
@@ -57,7 +55,9 @@ class EventSourceMapping:
 
     - `function_arn` names the function in on-failure records (`requestContext.functionArn`).
     - `checkpoints` keeps each shard's position (default: in memory, lost at exit).
-    - `metrics` receives per-shard iterator age and, with `MetricsConfig`, the event counts.
+    - `observer` is told per-shard iterator age and, with `MetricsConfig`, the event counts,
+      each shard's state (open, closed, finished) and each invocation's outcome (from the
+      shard's threads).
     - `session` makes the on-failure destination's client (default: a new boto3 session), on
       `endpoint_url` when given (a local endpoint).
     - `function_timeout` is the function's `Timeout`, passed to the invoker as its deadline.
@@ -66,8 +66,6 @@ class EventSourceMapping:
     - `retention_seconds`: how long records stay in the stream (`MaximumRecordAgeInSeconds: -1`
       retries until then).
     - `mapping_id` names the mapping in S3 on-failure object keys (AWS: the mapping's UUID).
-    - `on_invocation` is called after each invocation (from the shard's thread) with what the
-      per-invocation log line says: for metrics and progress beyond the `MetricsSink`.
     """
 
     def __init__(
@@ -78,7 +76,7 @@ class EventSourceMapping:
         *,
         function_arn: str,
         checkpoints: CheckpointStore | None = None,
-        metrics: MetricsSink | None = None,
+        observer: MappingObserver | None = None,
         session: boto3.Session | None = None,
         function_timeout: float = 3.0,
         clock: Callable[[], float] = time.time,
@@ -88,7 +86,6 @@ class EventSourceMapping:
         backoff: Backoff = DEFAULT_RETRY_BACKOFF,
         mapping_id: str | None = None,
         endpoint_url: str | None = None,
-        on_invocation: Callable[[Invocation], None] | None = None,
     ) -> None:
         if source.event_source != settings.event_source:
             raise ValueError(
@@ -99,9 +96,8 @@ class EventSourceMapping:
         self._source = source
         self._checkpoints: CheckpointStore = checkpoints or MemoryCheckpointStore()
         self._clock = clock
-        self._sleep = sleep
         self._shard_refresh_seconds = shard_refresh_seconds
-        self._stop = threading.Event()
+        self._stop = Stop(sleep)
         destination: Destination | None = None
         if settings.on_failure_destination is not None:
             destination = open_destination(
@@ -118,13 +114,12 @@ class EventSourceMapping:
             function_timeout=function_timeout,
             invoker=invoker,
             destination=destination,
-            metrics=metrics,
+            observer=observer or MappingObserver(),
             clock=clock,
-            pause=self._pause,
+            pause=self._stop.pause,
             stopping=self._stop.is_set,
             retention_seconds=retention_seconds,
             backoff=backoff,
-            on_invocation=on_invocation,
         )
         self._filter = RecordFilter(settings.event_source, settings.filters)
         self._workers: dict[str, ShardWorker] = {}
@@ -142,15 +137,6 @@ class EventSourceMapping:
         self._stop.set()
         for worker in list(self._workers.values()):
             worker.wake()
-
-    def _pause(self, seconds: float) -> bool:
-        """Sleep `seconds` through the injected sleep, in steps; False if stopped meanwhile."""
-        remaining = seconds
-        while remaining > 0 and not self._stop.is_set():
-            step = min(remaining, _PAUSE_STEP)
-            self._sleep(step)
-            remaining -= step
-        return not self._stop.is_set()
 
     def run(self, *, exit_when_idle: float | None = None) -> None:
         """Process the stream until `stop()`, or until idle for `exit_when_idle` seconds.
@@ -172,7 +158,7 @@ class EventSourceMapping:
             )
             return
         tick = POLL_INTERVAL[self.settings.event_source]
-        listing = self._source.list_shards()
+        listing = self._list()
         listed_at = self._clock()
         self._initial = {shard.shard_id for shard in listing}
         try:
@@ -181,17 +167,17 @@ class EventSourceMapping:
                 if self._stop.is_set():
                     break
                 if shard_finished:
-                    listing, listed_at = self._source.list_shards(), self._clock()
+                    listing, listed_at = self._list(), self._clock()
                 self._start_ready(listing)
                 if exit_when_idle is not None and self._idle_for() >= exit_when_idle:
                     logger.info(
                         "mapping %s: idle for %ss, stopping", self.mapping_id, exit_when_idle
                     )
                     break
-                if not self._pause(tick):
+                if not self._stop.pause(tick):
                     break
                 if self._clock() - listed_at >= self._shard_refresh_seconds:
-                    listing, listed_at = self._source.list_shards(), self._clock()
+                    listing, listed_at = self._list(), self._clock()
         except KeyboardInterrupt:
             logger.info("mapping %s: stopping, letting in-flight batches finish", self.mapping_id)
             raise
@@ -220,6 +206,14 @@ class EventSourceMapping:
                 finished = True
         return finished
 
+    def _list(self) -> list[Shard]:
+        """The stream's shards; a shard being read that is now listed closed is `closed`."""
+        listing = self._source.list_shards()
+        for shard in listing:
+            if shard.closed and shard.shard_id in self._workers:
+                self._context.shard_state(shard.shard_id, "closed")
+        return listing
+
     def _start_ready(self, listing: list[Shard]) -> None:
         # Skipping a shard (LATEST, closed) can make its children ready: look again until
         # nothing changes.
@@ -233,6 +227,13 @@ class EventSourceMapping:
     def _start(self, shard: Shard) -> None:
         self._started.add(shard.shard_id)
         self._last_change = self._clock()
+        if self._checkpoints.finished(shard.shard_id):
+            # Read to its end and done by an earlier run: its children may start at once.
+            logger.info("shard %s: finished in an earlier run: not read again", shard.shard_id)
+            self._finished.add(shard.shard_id)
+            self._read.add(shard.shard_id)
+            self._context.shard_state(shard.shard_id, "finished")
+            return
         checkpoint = self._checkpoints.get(shard.shard_id)
         position = self._position(shard, checkpoint)
         if position is None:
@@ -252,6 +253,7 @@ class EventSourceMapping:
         )
         self._workers[shard.shard_id] = worker
         self._read.add(shard.shard_id)
+        self._context.shard_state(shard.shard_id, "closed" if shard.closed else "open")
         worker.start()
 
     def _position(self, shard: Shard, checkpoint: str | None) -> Position | None:

@@ -17,9 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from streams.arn import Arn
+
 __all__ = [
     "FunctionError",
     "InProcessInvoker",
+    "Invocation",
     "InvokeResult",
     "Invoker",
     "LambdaContext",
@@ -58,6 +61,21 @@ class InvokeResult:
     request_id: str = field(default_factory=_request_id)
     executed_version: str = "$LATEST"
     status_code: int = 200
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One invocation as the mapping saw it, for an observer (the per-invocation log line's
+    facts): `outcome` is worded as in that line, `duration` is in seconds on the mapping's clock.
+    `shard_id` is the stream's shard, None for a queue; `source_arn` the stream or queue."""
+
+    shard_id: str | None
+    records: int
+    outcome: str
+    succeeded: bool
+    duration: float
+    result: InvokeResult
+    source_arn: str = ""
 
 
 class Invoker(Protocol):
@@ -115,7 +133,7 @@ class InProcessInvoker:
         request_id = _request_id()
         started = self._clock()
         context = LambdaContext(
-            function_name=self._function_arn.rsplit(":", 1)[-1],
+            function_name=Arn.parse(self._function_arn).name,
             aws_request_id=request_id,
             invoked_function_arn=self._function_arn,
             deadline=started + deadline_seconds,

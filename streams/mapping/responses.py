@@ -1,40 +1,47 @@
-"""What an invocation's result means for its batch (ESM-SPEC sections 3 and 6).
+"""What an invocation's result means for its batch, for streams and queues alike (ESM-SPEC 3, 6).
 
 With `ReportBatchItemFailures`, the function may return `{"batchItemFailures":
-[{"itemIdentifier": "<sequence number>"}]}`:
+[{"itemIdentifier": "<id>"}]}`, the id being a record's sequence number (streams) or a
+message's `messageId` (queues):
 
 | returned | meaning |
 | --- | --- |
 | `[]`, `null`, `{}`, `""`, no or empty/null `batchItemFailures` | the batch succeeded |
-| identifiers of records in the batch | the records from the lowest one on failed (rewind) |
+| identifiers of items in the batch | those items failed |
 | an identifier empty, null, under another key, or not in the batch | the whole batch failed |
 
-Without it the returned value is ignored. With tumbling windows the value must be an object with
-a `state` object, else the invocation failed. Only a function error (raised, timed out, crashed)
-is a *function* error: it alone may bisect, and it alone fills `functionError`.
+Without it the returned value is ignored. A stream resumes at the lowest item reported (it and
+every later record are delivered again); a queue keeps exactly the items reported. With tumbling
+windows the value must be an object with a `state` object, else the invocation failed. Only a
+function error (raised, timed out, crashed) is a *function* error: it alone may bisect, and it
+alone fills `functionError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from streams.mapping.invoke import InvokeResult
 
 __all__ = ["Outcome", "interpret"]
+
+#: What the batch's items are, in descriptions: a stream's records, a queue's messages.
+ItemKind = Literal["record", "message"]
 
 
 @dataclass(frozen=True)
 class Outcome:
     """One invocation's verdict on its batch.
 
-    `failed_from` is the index of the first record to deliver again (None: all done; 0: the
-    whole batch failed). `function_error` is the function's own error (`Unhandled`), None when
-    the batch failed by what it returned. `state` is the tumbling window state returned.
+    `failed` holds the positions (in the batch) of the items that failed: none when the batch
+    succeeded, all of them when it failed as a whole. `function_error` is the function's own
+    error (`Unhandled`), None when the batch failed by what it returned. `state` is the tumbling
+    window state returned.
     """
 
-    failed_from: int | None
+    failed: frozenset[int]
     description: str
     function_error: str | None = None
     error_type: str | None = None
@@ -42,40 +49,46 @@ class Outcome:
 
     @property
     def succeeded(self) -> bool:
-        return self.failed_from is None
+        return not self.failed
+
+    @property
+    def failed_from(self) -> int | None:
+        """The first position to deliver again on a stream (None: all done)."""
+        return min(self.failed) if self.failed else None
 
 
-def _lowest_failure(payload: object, sequence_numbers: Sequence[str]) -> int | str | None:
-    """Index of the lowest reported record, None for none, or a description of a bad report."""
+def _reported(payload: object, identifiers: Sequence[str], item: ItemKind) -> set[int] | str:
+    """The positions of the items reported as failed, or why the report is invalid."""
     if not isinstance(payload, dict):
-        return None
+        return set()
     failures = payload.get("batchItemFailures")
     if failures is None or failures == []:
-        return None
+        return set()
     if not isinstance(failures, list):
         return "batchItemFailures is not a list"
-    positions = {number: index for index, number in enumerate(sequence_numbers)}
-    lowest: int | None = None
+    positions = {identifier: index for index, identifier in enumerate(identifiers)}
+    reported: set[int] = set()
     for failure in failures:
         identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
         if not isinstance(identifier, str) or identifier not in positions:
-            return f"itemIdentifier {identifier!r} is not a record of the batch"
-        index = positions[identifier]
-        lowest = index if lowest is None else min(lowest, index)
-    return lowest
+            return f"itemIdentifier {identifier!r} is not a {item} of the batch"
+        reported.add(positions[identifier])
+    return reported
 
 
 def interpret(
     result: InvokeResult,
-    sequence_numbers: Sequence[str],
+    identifiers: Sequence[str],
     *,
     report_batch_item_failures: bool,
-    tumbling_window: bool,
+    tumbling_window: bool = False,
+    item: ItemKind = "record",
 ) -> Outcome:
-    """The outcome of `result` for a batch whose records have `sequence_numbers`, in order."""
+    """The outcome of `result` for a batch whose items have `identifiers`, in order."""
+    everything = frozenset(range(len(identifiers)))
     if result.error is not None:
         return Outcome(
-            failed_from=0,
+            failed=everything,
             description=f"function error {result.error.error_type}: {result.error.message[:200]}",
             function_error=result.error.function_error,
             error_type=result.error.error_type,
@@ -85,17 +98,22 @@ def interpret(
     if tumbling_window:
         returned_state = payload.get("state") if isinstance(payload, dict) else None
         if not isinstance(returned_state, dict):
-            return Outcome(failed_from=0, description="response has no state object")
+            return Outcome(failed=everything, description="response has no state object")
         state = returned_state
     if not report_batch_item_failures:
-        return Outcome(failed_from=None, description="ok", state=state)
-    lowest = _lowest_failure(payload, sequence_numbers)
-    if isinstance(lowest, str):
-        return Outcome(failed_from=0, description=f"invalid partial batch response: {lowest}")
-    if lowest is None:
-        return Outcome(failed_from=None, description="ok", state=state)
+        return Outcome(failed=frozenset(), description="ok", state=state)
+    reported = _reported(payload, identifiers, item)
+    if isinstance(reported, str):
+        return Outcome(failed=everything, description=f"invalid partial batch response: {reported}")
+    if not reported:
+        return Outcome(failed=frozenset(), description="ok", state=state)
+    if item == "message":  # a queue keeps exactly the messages reported
+        described = f"partial failure: {len(reported)} of {len(identifiers)} messages failed"
+        return Outcome(failed=frozenset(reported), description=described, state=state)
+    # A stream resumes at the lowest record reported: it and every later one are delivered again.
+    lowest = min(reported)
     return Outcome(
-        failed_from=lowest,
-        description=f"partial failure from record {lowest + 1} of {len(sequence_numbers)}",
+        failed=frozenset(range(lowest, len(identifiers))),
+        description=f"partial failure from record {lowest + 1} of {len(identifiers)}",
         state=state,
     )

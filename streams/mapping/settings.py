@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from streams.arn import Arn
 from streams.errors import UserError
 from streams.mapping.filters import FilterPattern, InvalidFilterPattern
 from streams.sources.base import EventSource
-from streams.sources.convert import arn_service
 
 __all__ = ["MAX_FILTERS", "MappingSettings", "StartingPosition"]
 
@@ -225,10 +225,8 @@ class MappingSettings:
 
     @staticmethod
     def _check_destination(arn: str) -> None:
-        try:
-            service = arn_service(arn)
-        except ValueError:
-            service = None
+        parsed = Arn.of(arn)
+        service = parsed.service if parsed is not None else None
         if service not in DESTINATION_SERVICES:
             raise refuse(
                 "DestinationConfig.OnFailure.Destination",

@@ -192,6 +192,7 @@ class ShardWorker:
                 result.records, at_tip=started if short else None, ended=result.shard_ended
             )
             if result.shard_ended:
+                self._context.shard_state(self.shard_id, "closed")
                 self._finish()
                 return
             if short and not self._context.pause(interval):
@@ -257,6 +258,7 @@ class ShardWorker:
         with self._checkpoint_lock:
             self._checkpoints.put(self.shard_id, self._done_through, True)
         logger.info("shard %s: finished", self.shard_id)
+        self._context.shard_state(self.shard_id, "finished")
         with self._cond:
             self.finished = True
             self._last_activity = self._context.clock()

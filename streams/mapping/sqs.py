@@ -50,7 +50,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,11 +57,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.arn import Arn
 from streams.errors import UserError
-from streams.mapping.delivery import PAYLOAD_LIMIT, Invocation
-from streams.mapping.invoke import Invoker, InvokeResult, NotInvoked
+from streams.mapping.delivery import PAYLOAD_LIMIT
+from streams.mapping.invoke import Invocation, Invoker, NotInvoked
+from streams.mapping.responses import interpret
 from streams.mapping.settings import read_boolean, read_integer, read_response_types, refuse
-from streams.sources.convert import arn_account, arn_region
+from streams.mapping.state import MappingObserver
+from streams.mapping.stop import Stop
+from streams.queues import SQS_BATCH_ENTRIES
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -71,12 +74,10 @@ if TYPE_CHECKING:
 __all__ = [
     "POLL_WAIT_SECONDS",
     "Queue",
-    "QueueOutcome",
     "QueuePoller",
     "QueueSettings",
     "check_queue",
     "describe_queue",
-    "interpret_queue_result",
     "lambda_message",
 ]
 
@@ -84,9 +85,7 @@ logger = logging.getLogger("streams.mapping")
 
 #: Long polling per `ReceiveMessage` (AWS's pollers wait 20 s): short, so `stop()` is noticed.
 POLL_WAIT_SECONDS: Final = 1
-_RECEIVE_LIMIT: Final = 10  # messages per ReceiveMessage (and per DeleteMessageBatch)
 _EVENT_OVERHEAD: Final = len('{"Records":[]}')
-_PAUSE_STEP: Final = 0.25
 # Properties that change nothing in how messages are polled and delivered here: the mapping's
 # identity, its tags and encryption key, the pollers' scaling (one poller runs here) and the
 # CloudWatch metrics (not published locally).
@@ -177,14 +176,16 @@ class Queue:
 
     @property
     def name(self) -> str:
-        return self.arn.rsplit(":", 1)[-1]
+        return Arn.parse(self.arn).name
 
 
 def describe_queue(arn: str, sqs: SQSClient) -> Queue:
     """The queue `arn` names; `UserError` when there is no such queue."""
-    name = arn.rsplit(":", 1)[-1]
+    parsed = Arn.parse(arn)
     try:
-        url = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=arn_account(arn))["QueueUrl"]
+        url = sqs.get_queue_url(QueueName=parsed.name, QueueOwnerAWSAccountId=parsed.account)[
+            "QueueUrl"
+        ]
         attributes = sqs.get_queue_attributes(
             QueueUrl=url, AttributeNames=["VisibilityTimeout", "FifoQueue"]
         )["Attributes"]
@@ -246,57 +247,13 @@ def lambda_message(message: MessageTypeDef, queue_arn: str) -> dict[str, Any]:
         "md5OfBody": message["MD5OfBody"],
         "eventSource": "aws:sqs",
         "eventSourceARN": queue_arn,
-        "awsRegion": arn_region(queue_arn),
+        "awsRegion": Arn.parse(queue_arn).region,
     }
 
 
 def _size(record: Mapping[str, Any]) -> int:
     """Bytes the record takes in the event's JSON, with its separating comma."""
     return len(json.dumps(record, separators=(",", ":")).encode()) + 1
-
-
-# --- what the function's result means -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QueueOutcome:
-    """One invocation's verdict: `failed` holds the message ids left in the queue."""
-
-    failed: frozenset[str]
-    description: str
-
-    @property
-    def succeeded(self) -> bool:
-        return not self.failed
-
-
-def interpret_queue_result(
-    result: InvokeResult, message_ids: Sequence[str], *, report_batch_item_failures: bool
-) -> QueueOutcome:
-    """The messages of a batch (`message_ids`, in order) that failed, by Lambda's SQS rules."""
-    everything = frozenset(message_ids)
-    if result.error is not None:
-        description = f"function error {result.error.error_type}: {result.error.message[:200]}"
-        return QueueOutcome(everything, description)
-    payload = result.payload
-    failures = payload.get("batchItemFailures") if isinstance(payload, dict) else None
-    if not report_batch_item_failures or failures is None or failures == []:
-        return QueueOutcome(frozenset(), "ok")
-    if not isinstance(failures, list):
-        return QueueOutcome(everything, "invalid partial batch response: not a list")
-    failed: set[str] = set()
-    for failure in failures:
-        identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
-        if not isinstance(identifier, str) or identifier not in everything:
-            return QueueOutcome(
-                everything,
-                f"invalid partial batch response: itemIdentifier {identifier!r} is not a "
-                "message of the batch",
-            )
-        failed.add(identifier)
-    return QueueOutcome(
-        frozenset(failed), f"partial failure: {len(failed)} of {len(message_ids)} messages failed"
-    )
 
 
 # --- the poller ---------------------------------------------------------------------------
@@ -310,8 +267,8 @@ class QueuePoller:
     - `clock` (epoch seconds) and `sleep`: batching windows and idleness follow `clock`; waits
       between receives sleep through `sleep`. A receive itself waits on the queue for at most
       `poll_wait_seconds` (0: short polling).
-    - `on_invocation` is called after each invocation with an `Invocation` whose `shard_id` is
-      the queue's ARN.
+    - `observer` is told each invocation (an `Invocation` whose `shard_id` is None and whose
+      `source_arn` is the queue's).
     """
 
     def __init__(
@@ -325,7 +282,7 @@ class QueuePoller:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         poll_wait_seconds: int = POLL_WAIT_SECONDS,
-        on_invocation: Callable[[Invocation], None] | None = None,
+        observer: MappingObserver | None = None,
     ) -> None:
         if not 0 <= poll_wait_seconds <= 20:
             raise ValueError(f"poll_wait_seconds {poll_wait_seconds}: SQS allows 0 to 20")
@@ -335,10 +292,9 @@ class QueuePoller:
         self._sqs = sqs
         self._function_timeout = function_timeout
         self._clock = clock
-        self._sleep = sleep
         self._poll_wait = poll_wait_seconds
-        self._on_invocation = on_invocation
-        self._stop = threading.Event()
+        self._observer = observer or MappingObserver()
+        self._stop = Stop(sleep)
         # Received messages that did not fit their batch (6 MB): they open the next one.
         self._carried: list[tuple[dict[str, Any], int]] = []
         self._ran = False
@@ -374,18 +330,11 @@ class QueuePoller:
     def _receive(self, limit: int, wait: int) -> list[MessageTypeDef]:
         return self._sqs.receive_message(
             QueueUrl=self.queue.url,
-            MaxNumberOfMessages=min(limit, _RECEIVE_LIMIT),
+            MaxNumberOfMessages=min(limit, SQS_BATCH_ENTRIES),
             WaitTimeSeconds=wait,
             MessageSystemAttributeNames=["All"],
             MessageAttributeNames=["All"],
         ).get("Messages", [])
-
-    def _pause(self, seconds: float) -> None:
-        remaining = seconds
-        while remaining > 0 and not self._stop.is_set():
-            step = min(remaining, _PAUSE_STEP)
-            self._sleep(step)
-            remaining -= step
 
     def _collect(self) -> list[dict[str, Any]]:
         """The next batch: `BatchSize` messages, the window's, or up to the payload limit."""
@@ -409,7 +358,7 @@ class QueuePoller:
                     if window_ends is None:
                         return batch  # nothing came: the caller checks idleness and stop
                     if wait == 0:
-                        self._pause(window_ends - self._clock())
+                        self._stop.pause(window_ends - self._clock())
                     continue
                 received = [
                     (record, _size(record))
@@ -444,12 +393,13 @@ class QueuePoller:
                 self.queue.visibility_timeout,
             )
             return
-        outcome = interpret_queue_result(
+        outcome = interpret(
             result,
             message_ids,
             report_batch_item_failures=self.settings.report_batch_item_failures,
+            item="message",
         )
-        self._delete([record for record in batch if record["messageId"] not in outcome.failed])
+        self._delete([record for index, record in enumerate(batch) if index not in outcome.failed])
         duration = self._clock() - sent
         logger.info(
             "queue %s: %d messages: %s (%.0f ms, request %s)",
@@ -459,23 +409,23 @@ class QueuePoller:
             duration * 1000,
             result.request_id,
         )
-        if self._on_invocation is not None:
-            self._on_invocation(
-                Invocation(
-                    self.queue.arn,
-                    len(batch),
-                    outcome.description,
-                    outcome.succeeded,
-                    duration,
-                    result,
-                )
+        self._observer.invoked(
+            Invocation(
+                None,
+                len(batch),
+                outcome.description,
+                outcome.succeeded,
+                duration,
+                result,
+                source_arn=self.queue.arn,
             )
+        )
 
     def _delete(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Delete the messages that succeeded. One that cannot be deleted is delivered again
         after the visibility timeout (a duplicate, never a loss), so it is only logged."""
-        for start in range(0, len(records), _RECEIVE_LIMIT):
-            chunk = records[start : start + _RECEIVE_LIMIT]
+        for start in range(0, len(records), SQS_BATCH_ENTRIES):
+            chunk = records[start : start + SQS_BATCH_ENTRIES]
             try:
                 failed = self._sqs.delete_message_batch(
                     QueueUrl=self.queue.url,

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from streams.batch import Handler, StreamProcessor
 from streams.deadletter import SqsDeadLetterQueue, read_dead_letter
 from streams.errors import UserError
+from streams.queues import drain
 from streams.records import DynamoDBRecord, KinesisRecord, RecordDecodeError, StreamRecord
 
 if TYPE_CHECKING:
@@ -101,25 +102,18 @@ class DeadLetterQueueReader:
     def receive_all(self, limit: int | None = None) -> list[ParkedMessage]:
         """Every visible message (up to `limit`), now invisible to others until released."""
         messages: list[ParkedMessage] = []
-        empty_polls = 0
-        # SQS samples its servers: one empty answer does not mean an empty queue.
-        while empty_polls < 3 and (limit is None or len(messages) < limit):
-            count = 10 if limit is None else max(1, min(10, limit - len(messages)))
-            try:
-                response = self.sqs.receive_message(
-                    QueueUrl=self.queue_url,
-                    MaxNumberOfMessages=count,
-                    VisibilityTimeout=self.visibility_seconds,
-                    MessageAttributeNames=["All"],
-                    WaitTimeSeconds=0,
-                )
-            except ClientError as error:
-                raise _queue_error(self.queue_url, error) from None
-            received = response.get("Messages", [])
-            empty_polls = 0 if received else empty_polls + 1
-            for message in received:
+        try:
+            for message in drain(
+                self.sqs,
+                self.queue_url,
+                visibility_seconds=self.visibility_seconds,
+                limit=limit,
+                attributes=True,
+            ):
                 body = read_dead_letter(message["Body"], self.s3)
                 messages.append(ParkedMessage(message["MessageId"], message["ReceiptHandle"], body))
+        except ClientError as error:
+            raise _queue_error(self.queue_url, error) from None
         return messages
 
     def peek(self, limit: int | None = None) -> list[ParkedMessage]:

@@ -11,7 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-EventSource = Literal["aws:dynamodb", "aws:kinesis"]
+from streams.records import EventSource
+
+__all__ = [
+    "EventSource",
+    "Position",
+    "PositionKind",
+    "ReadResult",
+    "Shard",
+    "ShardReader",
+    "ShardSource",
+]
+
 PositionKind = Literal[
     "TRIM_HORIZON", "LATEST", "AT_TIMESTAMP", "AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"
 ]

@@ -13,52 +13,17 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from streams.arn import Arn
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams.type_defs import RecordTypeDef as DynamoDBStreamsRecord
     from mypy_boto3_kinesis.type_defs import RecordTypeDef as KinesisRecord
 
 __all__ = [
-    "arn_account",
-    "arn_partition",
-    "arn_region",
-    "arn_resource",
-    "arn_service",
     "attribute_value_to_lambda",
     "dynamodb_record_to_lambda",
     "kinesis_record_to_lambda",
 ]
-
-
-def arn_partition(arn: str) -> str:
-    """The partition field of an ARN (`arn:partition:service:region:account:resource`)."""
-    return _arn_field(arn, 1)
-
-
-def arn_service(arn: str) -> str:
-    """The service field of an ARN."""
-    return _arn_field(arn, 2)
-
-
-def arn_region(arn: str) -> str:
-    """The region field of an ARN."""
-    return _arn_field(arn, 3)
-
-
-def arn_account(arn: str) -> str:
-    """The account field of an ARN."""
-    return _arn_field(arn, 4)
-
-
-def arn_resource(arn: str) -> str:
-    """The resource field of an ARN: everything after the account."""
-    return _arn_field(arn, 5)
-
-
-def _arn_field(arn: str, index: int) -> str:
-    fields = arn.split(":", 5)
-    if len(fields) != 6 or fields[0] != "arn":
-        raise ValueError(f"not an ARN: {arn!r}")
-    return fields[index]
 
 
 def _b64(value: bytes) -> str:
@@ -122,7 +87,7 @@ def dynamodb_record_to_lambda(record: DynamoDBStreamsRecord, *, stream_arn: str)
         "eventName": record["eventName"],
         "eventVersion": "1.1",
         "eventSource": "aws:dynamodb",
-        "awsRegion": arn_region(stream_arn),
+        "awsRegion": Arn.parse(stream_arn).region,
         "dynamodb": dynamodb,
         "eventSourceARN": stream_arn,
     }
@@ -164,6 +129,6 @@ def kinesis_record_to_lambda(
         "eventID": f"{shard_id}:{sequence_number}",
         "eventName": "aws:kinesis:record",
         "invokeIdentityArn": invoke_identity_arn,
-        "awsRegion": arn_region(stream_arn),
+        "awsRegion": Arn.parse(stream_arn).region,
         "eventSourceARN": stream_arn,
     }

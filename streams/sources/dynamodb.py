@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 import boto3
 
+from streams.arn import Arn
 from streams.backoff import Backoff
 from streams.sources.base import EventSource, Position, Shard, ShardReader
-from streams.sources.convert import arn_region, dynamodb_record_to_lambda
+from streams.sources.convert import dynamodb_record_to_lambda
 from streams.sources.reader import DEFAULT_BACKOFF, Page, ShardDirectory, StreamShardReader
 
 if TYPE_CHECKING:
@@ -95,7 +96,9 @@ class DynamoDBStreamSource:
         if not 1 <= page_size <= MAX_SHARDS_PER_PAGE:
             raise ValueError(f"page_size must be 1..{MAX_SHARDS_PER_PAGE}, got {page_size}")
         self.source_arn = stream_arn
-        self._client = client or boto3.client("dynamodbstreams", region_name=arn_region(stream_arn))
+        self._client = client or boto3.client(
+            "dynamodbstreams", region_name=Arn.parse(stream_arn).region
+        )
         self._api = _DynamoDBStreamsApi(self._client, stream_arn)
         self._backoff = backoff or DEFAULT_BACKOFF
         self._sleep = sleep

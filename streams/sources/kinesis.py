@@ -9,12 +9,10 @@ from typing import TYPE_CHECKING
 
 import boto3
 
+from streams.arn import Arn
 from streams.backoff import Backoff
 from streams.sources.base import EventSource, Position, Shard, ShardReader
 from streams.sources.convert import (
-    arn_account,
-    arn_partition,
-    arn_region,
     kinesis_record_to_lambda,
 )
 from streams.sources.reader import DEFAULT_BACKOFF, Page, ShardDirectory, StreamShardReader
@@ -143,11 +141,11 @@ class KinesisStreamSource:
         if not 1 <= page_size <= MAX_SHARDS_PER_PAGE:
             raise ValueError(f"page_size must be 1..{MAX_SHARDS_PER_PAGE}, got {page_size}")
         self.source_arn = stream_arn
-        self.invoke_identity_arn = invoke_identity_arn or (
-            f"arn:{arn_partition(stream_arn)}:iam::{arn_account(stream_arn)}"
-            f":role/{DEFAULT_INVOKE_ROLE}"
+        arn = Arn.parse(stream_arn)
+        self.invoke_identity_arn = invoke_identity_arn or str(
+            Arn(arn.partition, "iam", "", arn.account, f"role/{DEFAULT_INVOKE_ROLE}")
         )
-        self._client = client or boto3.client("kinesis", region_name=arn_region(stream_arn))
+        self._client = client or boto3.client("kinesis", region_name=arn.region)
         self._api = _KinesisApi(self._client, stream_arn, self.invoke_identity_arn, wall_clock)
         self._backoff = backoff or DEFAULT_BACKOFF
         self._sleep = sleep

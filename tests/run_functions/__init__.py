@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.local.endpoint import DeployedStack, deploy_template, local_session
+from streams.local.endpoint import local_session
 from streams.local.run import LocalMapping
+from streams.local.stack import DeployedStack, deploy_template
 
 HERE = Path(__file__).parent
 TEMPLATE = HERE / "stream-function.yaml"

@@ -1,26 +1,37 @@
-"""The mapping's durable state, through seams: checkpoints and metrics.
+"""The mapping's state, through two seams: checkpoints, and an observer of what happens.
 
-`CheckpointStore` is what the engine needs to resume a shard; `streams.mapping.state.table`
-keeps checkpoints in a DynamoDB table, `MemoryCheckpointStore` in memory. `MetricsSink` receives
-the per-shard figures of ESM-SPEC section 8 so a store can keep them for the monitor;
-`MetricCounters` adds them up in memory.
+`CheckpointStore` is what the engine needs to resume a shard: `streams.mapping.state.table`
+keeps checkpoints in a DynamoDB table (under the lease of `streams.mapping.state.lease`),
+`MemoryCheckpointStore` in memory.
+
+`MappingObserver` is told, as it happens, every per-shard figure of ESM-SPEC section 8
+(`record`), each shard's state (`shard_state`: open, closed, finished, only ever forward) and
+each invocation's outcome (`invoked`). The state table keeps all three for the monitor;
+`MetricCounters` adds the figures up in memory; `Observers` tells several.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol, get_args
+from typing import Literal, Protocol
+
+from streams.mapping.invoke import Invocation
+from streams.metrics import EVENT_COUNT_METRICS, EVENT_COUNT_NAMES, MetricName
 
 __all__ = [
     "EVENT_COUNT_METRICS",
     "EVENT_COUNT_NAMES",
     "CheckpointStore",
+    "MappingObserver",
     "MemoryCheckpointStore",
     "MetricCounters",
     "MetricName",
-    "MetricsSink",
+    "Observers",
+    "OnInvocation",
+    "ShardState",
 ]
 
 
@@ -33,6 +44,10 @@ class CheckpointStore(Protocol):
     """
 
     def get(self, shard_id: str) -> str | None: ...
+
+    def finished(self, shard_id: str) -> bool:
+        """True once the shard was checkpointed finished: the engine does not read it again."""
+        ...
 
     def put(self, shard_id: str, sequence_number: str | None, shard_finished: bool) -> None: ...
 
@@ -65,35 +80,58 @@ class MemoryCheckpointStore:
         return checkpoint is not None and checkpoint.shard_finished
 
 
-# ESM-SPEC section 8's event counts, in its order: emitted only with
-# `MetricsConfig: {Metrics: [EventCount]}` (IteratorAge always is).
-EventCountName = Literal[
-    "PolledEventCount",
-    "FilteredOutEventCount",
-    "InvokedEventCount",
-    "FailedInvokeEventCount",
-    "DroppedEventCount",
-    "OnFailureDestinationDeliveredEventCount",
-    "DestinationDeliveryFailures",
-]
-MetricName = Literal["IteratorAge"] | EventCountName
-
-EVENT_COUNT_NAMES: Final[tuple[EventCountName, ...]] = get_args(EventCountName)
-EVENT_COUNT_METRICS: Final[frozenset[MetricName]] = frozenset(EVENT_COUNT_NAMES)
+ShardState = Literal["open", "closed", "finished"]
 
 
-class MetricsSink(Protocol):
-    """Receives metric values per shard.
+class MappingObserver:
+    """Told what happens under a mapping; every method does nothing unless overridden.
 
-    Event counts are increments (a number of records); `IteratorAge` is one sample, in
-    milliseconds, per batch sent to the function.
+    Called from the shard's (or queue's) threads, so an observer must be thread-safe.
     """
 
-    def record(self, shard_id: str, name: MetricName, value: float) -> None: ...
+    def record(self, shard_id: str, name: MetricName, value: float) -> None:
+        """A figure of ESM-SPEC section 8: an event count is an increment (a number of
+        records); `IteratorAge` is one sample, in milliseconds, per batch sent."""
+
+    def shard_state(self, shard_id: str, state: ShardState) -> None:
+        """The shard is read (`open`), is listed closed or was read to its end (`closed`), or
+        is done and checkpointed so (`finished`). Told once per state, only ever forward."""
+
+    def invoked(self, invocation: Invocation) -> None:
+        """One invocation, after the function returned (what its log line says)."""
 
 
-class MetricCounters:
-    """A `MetricsSink` in memory: counts summed, and each shard's last iterator age."""
+class Observers(MappingObserver):
+    """Tells each of `observers`, in order."""
+
+    def __init__(self, *observers: MappingObserver) -> None:
+        self._observers = observers
+
+    def record(self, shard_id: str, name: MetricName, value: float) -> None:
+        for observer in self._observers:
+            observer.record(shard_id, name, value)
+
+    def shard_state(self, shard_id: str, state: ShardState) -> None:
+        for observer in self._observers:
+            observer.shard_state(shard_id, state)
+
+    def invoked(self, invocation: Invocation) -> None:
+        for observer in self._observers:
+            observer.invoked(invocation)
+
+
+class OnInvocation(MappingObserver):
+    """An observer of invocations only: calls `callback` with each."""
+
+    def __init__(self, callback: Callable[[Invocation], None]) -> None:
+        self._callback = callback
+
+    def invoked(self, invocation: Invocation) -> None:
+        self._callback(invocation)
+
+
+class MetricCounters(MappingObserver):
+    """The figures in memory: counts summed, and each shard's last iterator age."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

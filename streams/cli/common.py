@@ -1,10 +1,13 @@
-"""Finding a user's per-record handler from `--handler module:function`."""
+"""What the commands share: the handler named by `--handler`, and SIGTERM taken as Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 from streams.errors import UserError
@@ -25,3 +28,18 @@ def load_handler(spec: str) -> Callable[[Any], object]:
     if not callable(handler):
         raise UserError(f"{module_name!r} has no function {attribute!r}")
     return handler  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, `kill` stops the command as Ctrl-C does (`KeyboardInterrupt`), so
+    that it cleans up the same way."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
