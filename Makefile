@@ -48,14 +48,18 @@ clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
 
 # Called by `sam build` (template.yaml: BuildMethod makefile) with ARTIFACTS_DIR set, once per
-# function. The artifact holds our two packages (less the local mapping, which runs functions
-# and never runs inside one) and processor/requirements.txt, built for the function's runtime;
-# boto3 is the runtime's own.
+# function. What ships to Lambda is a list of folders, each taken without its sub-folders: the
+# Lambda-side core (batch, records, dead letters, KPL, backoff, hydrate), the shard sources the
+# hydrate function reads with, the writer, and the function's own code; everything else in
+# streams/ runs on a laptop or a KCL host (tests/test_artifact.py holds the artifact to that).
+# processor/requirements.txt is installed for the function's runtime; boto3 is the runtime's own.
 LAMBDA_PYTHON_VERSION := 3.12
+LAMBDA_FOLDERS := streams streams/sources streams/writer processor
 build-ProcessorFunction build-HydrateFunction:
-	mkdir -p "$(ARTIFACTS_DIR)"
-	tar --exclude=__pycache__ --exclude=streams/mapping -cf - streams processor \
-		| tar -xf - -C "$(ARTIFACTS_DIR)"
+	for folder in $(LAMBDA_FOLDERS); do \
+		mkdir -p "$(ARTIFACTS_DIR)/$$folder" && cp "$$folder"/*.py "$(ARTIFACTS_DIR)/$$folder/"; \
+	done
+	cp streams/py.typed "$(ARTIFACTS_DIR)/streams/"
 	$(PYTHON) -m pip install --quiet --no-compile --disable-pip-version-check \
 		--target "$(ARTIFACTS_DIR)" --implementation cp --python-version $(LAMBDA_PYTHON_VERSION) \
 		--only-binary=:all: --platform manylinux2014_aarch64 -r processor/requirements.txt

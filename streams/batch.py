@@ -1,6 +1,6 @@
 """The batch core: one stream batch, record by record, in order.
 
-It cooperates with how Lambda checkpoints a shard (ESM-SPEC section 3): Lambda resumes *at* the
+It cooperates with how Lambda checkpoints a shard (docs/esm.md section 3): Lambda resumes *at* the
 lowest reported batch item failure and delivers it and everything after it again. So the core
 
 - goes on after a success;

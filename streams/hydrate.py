@@ -1,7 +1,7 @@
 """Turn the event source mapping's on-failure records back into full dead-letter messages.
 
 When Lambda (or our local mapping) gives up on records, its on-failure destination receives
-metadata only: the shard and the range of sequence numbers (ESM-SPEC section 4). The records
+metadata only: the shard and the range of sequence numbers (docs/esm.md section 4). The records
 themselves must be read back from the stream while it still has them (24 h on DynamoDB). This
 module does that and parks each record with reason `hydrated`; records the stream no longer
 has are reported as expired.

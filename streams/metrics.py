@@ -6,7 +6,7 @@ Two sets of metrics describe a stream's processing:
   per invocation: `FUNCTION_METRICS`, in the namespace `POWERTOOLS_METRICS_NAMESPACE` (default
   `DEFAULT_NAMESPACE`) with the dimension `service`, and `RecordsParked` once more per reason
   with the dimension `reason`;
-- the **event source mapping's** (ESM-SPEC section 8): `IteratorAge` and the event counts, which
+- the **event source mapping's** (docs/esm.md section 8): `IteratorAge` and the event counts, which
   AWS publishes in `AWS/Lambda` and the local mapping keeps per shard.
 
 Locally, the mapping reads the function's EMF documents from its output and keeps its counts in
@@ -46,7 +46,7 @@ FunctionMetricName = Literal[
 ]
 FUNCTION_METRICS: Final[tuple[FunctionMetricName, ...]] = get_args(FunctionMetricName)
 
-# ESM-SPEC section 8's event counts, in its order: emitted only with
+# The event counts of docs/esm.md section 8, in its order: emitted only with
 # `MetricsConfig: {Metrics: [EventCount]}` (IteratorAge always is).
 EventCountName = Literal[
     "PolledEventCount",

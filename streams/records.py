@@ -1,4 +1,4 @@
-"""Read-only views over one Lambda stream record, as delivered (ESM-SPEC section 5).
+"""Read-only views over one Lambda stream record, as delivered (docs/esm.md section 5).
 
 Views decode lazily: constructing one costs nothing, each property is computed on first access
 and kept, and an item image decodes an attribute only when it is read, at most once. A handler

@@ -1,4 +1,4 @@
-"""The batch core's rules (ESM-SPEC section 3 and the issue's section 3), one test per rule."""
+"""The batch core's rules (docs/esm.md section 3, README "What the batch core does")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The mapping's rules over an in-memory shard source (ESM-SPEC sections 1-3, 6, 8).
+"""The mapping's rules over an in-memory shard source (docs/esm.md sections 1-3, 6, 8).
 
 Lineage, time and throttling cannot be shown on moto (ENVIRONMENT.md), so these tests use
 `MemorySource`, our own implementation of the shard-source seam, and `FastClock`, under which

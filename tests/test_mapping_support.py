@@ -4,7 +4,7 @@
   lineage, time and throttling, which moto cannot show (ENVIRONMENT.md).
 - `FastClock`: epoch time running faster than real time, so minutes pass in milliseconds.
 - `Recorder`: an invoker that runs a Python function in-process and keeps every event.
-- Record factories in the exact Lambda shapes of ESM-SPEC section 5.
+- Record factories in the exact Lambda shapes of docs/esm.md section 5.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from streams.mapping import (
     MemoryCheckpointStore,
     MetricCounters,
 )
+from streams.mapping.invoke import event_json
 from streams.sources import DynamoDBStreamSource, KinesisStreamSource
 from streams.sources.base import EventSource, Position, ReadResult, Shard, ShardSource
 
@@ -303,7 +304,7 @@ class Recorder:
 
     def __call__(self, event: Any, deadline_seconds: float) -> InvokeResult:
         with self._lock:
-            self.events.append(event)
+            self.events.append(json.loads(event_json(event)))  # as the function receives it
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         started = self.clock()

@@ -1,4 +1,4 @@
-"""GetRecords records become exactly the records Lambda delivers (ESM-SPEC section 5).
+"""GetRecords records become exactly the records Lambda delivers (docs/esm.md section 5).
 
 Two oracles: records that real AWS delivered to a function (recorded in LocalStack's
 snapshots, `/work/shared/fixtures/aws-recorded/`, and `sam local generate-event`'s events), and

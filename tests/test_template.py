@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -82,38 +81,6 @@ def test_the_dashboard_body_is_json_once_substituted() -> None:
     titles = " ".join(w["properties"]["title"] for w in widgets)
     for shown in ("Iterator age", "events", "parked", "Queues"):
         assert shown in titles
-
-
-def _python312() -> str:
-    candidates = [
-        shutil.which("python3.12"),
-        str(Path.home() / ".pyenv/versions/3.12.1/bin/python3.12"),
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate).exists():
-            probe = subprocess.run(
-                [candidate, "-c", "import sys; print(sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                check=False,
-                env={**os.environ, "PYENV_VERSION": "3.12.1"},
-            )
-            if probe.returncode == 0 and "(3, 12)" in probe.stdout:
-                return candidate
-    pytest.skip("NO PYTHON 3.12 ON THIS MACHINE: the built artifact cannot be run as on Lambda")
-
-
-@pytest.fixture(scope="module")
-def lambda_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A python3.12 with boto3 and nothing else, like Lambda's runtime."""
-    python = _python312()
-    venv = tmp_path_factory.mktemp("runtime") / "venv"
-    env = {**os.environ, "PYENV_VERSION": "3.12.1"}
-    subprocess.run([python, "-m", "venv", venv], check=True, env=env)
-    subprocess.run(
-        [venv / "bin/python", "-m", "pip", "install", "--quiet", "boto3"], check=True, env=env
-    )
-    return venv / "bin/python"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ amazon-kclpy's `KCLProcess` runs that loop in the child and calls `KclRecordProc
 hands each batch to the same `StreamProcessor` (and so the same handler, poison rules and
 dead-letter message) that runs in Lambda:
 
-- Each KCL record becomes the Lambda record shape (ESM-SPEC section 5), so a handler cannot tell
+- Each KCL record becomes the Lambda record shape (docs/esm.md section 5), so a handler cannot tell
   where it runs; a KPL aggregate that reaches the worker whole is split into its user records.
 - Poison is parked and the batch goes on. A record that must be tried again *holds the shard*:
   KCL has no partial batch response, so the rest of the batch runs again after a backoff, until
@@ -137,7 +137,7 @@ class RecordPosition:
 
 
 def lambda_record(record: KclRecord, shard_id: str, source: StreamSource) -> dict[str, Any]:
-    """One KCL record in the shape Lambda delivers (ESM-SPEC section 5).
+    """One KCL record in the shape Lambda delivers (docs/esm.md section 5).
 
     KCL gives the arrival time in epoch milliseconds; Lambda in epoch seconds. Lambda's
     `invokeIdentityArn` (the function's role) has no counterpart on a fleet: it is None.

@@ -7,3 +7,22 @@
 
 Nothing here ships to Lambda.
 """
+
+from streams.local.endpoint import EmbeddedEndpoint, EndpointProcess, local_session, start_endpoint
+from streams.local.run import LocalMapping
+from streams.local.stack import DeployedStack, deploy_template, stack_outputs
+from streams.local.template import TemplateFunction, plan_template, translate_template
+
+__all__ = [
+    "DeployedStack",
+    "EmbeddedEndpoint",
+    "EndpointProcess",
+    "LocalMapping",
+    "TemplateFunction",
+    "deploy_template",
+    "local_session",
+    "plan_template",
+    "stack_outputs",
+    "start_endpoint",
+    "translate_template",
+]

@@ -1,4 +1,4 @@
-"""Delivering one batch to the function, with Lambda's error rules (ESM-SPEC section 3).
+"""Delivering one batch to the function, with Lambda's error rules (docs/esm.md section 3).
 
 For each part of a batch still to deliver, in order:
 
@@ -40,7 +40,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -52,7 +52,7 @@ from streams.mapping.destinations import (
     ResponseContext,
     on_failure_record,
 )
-from streams.mapping.invoke import Invocation, Invoker, InvokeResult, NotInvoked
+from streams.mapping.invoke import Event, Invocation, Invoker, InvokeResult, NotInvoked
 from streams.mapping.responses import Outcome, interpret
 from streams.mapping.settings import MappingSettings
 from streams.mapping.shapes import RecordShape
@@ -70,25 +70,26 @@ PAYLOAD_LIMIT: Final = 6 * 1024 * 1024
 class Entry:
     """One record read from a shard, from the read until it is done.
 
-    `record` is released once the entry is done: only its place in the shard is still needed
-    (for the checkpoint), so records behind a slow batch do not pile up in memory.
+    The record is kept as its JSON text, serialised once when it was read: that text measures
+    it against the payload limit and goes into every event that carries it. It is released once
+    the entry is done: only its place in the shard is still needed (for the checkpoint), so
+    records behind a slow batch do not pile up in memory.
     """
 
-    __slots__ = ("arrival", "done", "record", "sequence_number", "size")
+    __slots__ = ("arrival", "done", "sequence_number", "size", "text")
 
-    def __init__(
-        self, record: dict[str, Any], sequence_number: str, arrival: float, size: int
-    ) -> None:
-        self.record: dict[str, Any] | None = record
+    def __init__(self, text: str, sequence_number: str, arrival: float) -> None:
+        self.text: str | None = text
         self.sequence_number = sequence_number
         self.arrival = arrival
-        self.size = size  # bytes of the record in the event's JSON
+        # Bytes of the record in the event's JSON (ASCII: json escapes the rest).
+        self.size = len(text)
         self.done = False
 
-    def payload(self) -> dict[str, Any]:
-        if self.record is None:
+    def payload(self) -> str:
+        if self.text is None:
             raise RuntimeError(f"record {self.sequence_number} is done: it is not delivered again")
-        return self.record
+        return self.text
 
 
 #: The pause before retry `n` (0-based) of a failed batch: `min(2 ** n, 60)` seconds.
@@ -222,7 +223,7 @@ class ShardDelivery:
         context = self._context
         records = [entry.payload() for entry in part.entries]
         if window is None:
-            event: dict[str, Any] = {"Records": records}
+            event = Event.of_records(records)
         else:
             event = window.event(
                 records, shard_id=self._shard_id, source_arn=context.source_arn, final=final

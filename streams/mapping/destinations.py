@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import boto3
 
 from streams.arn import Arn
+from streams.mapping.invoke import Event
 from streams.mapping.shapes import RecordShape, iso_millis
 
 if TYPE_CHECKING:
@@ -60,16 +61,13 @@ class OnFailureRecord:
 
     body: dict[str, Any]
     shard_id: str
-    payload: dict[str, Any]
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.payload["Records"])
+    payload: Event
+    batch_size: int
 
 
 def on_failure_record(
     shape: RecordShape,
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[str],
     *,
     shard_id: str,
     stream_arn: str,
@@ -80,9 +78,11 @@ def on_failure_record(
     response: ResponseContext | None,
     now: float,
 ) -> OnFailureRecord:
-    """The record Lambda writes for `records` (in order) of one shard when it gives up on them."""
+    """The record Lambda writes for `records` (in order, as JSON texts) of one shard when it
+    gives up on them."""
     if not records:
         raise ValueError("an on-failure record describes at least one record")
+    first, last = json.loads(records[0]), json.loads(records[-1])
     body: dict[str, Any] = {
         "requestContext": {
             "requestId": request_id,
@@ -101,14 +101,19 @@ def on_failure_record(
     body["timestamp"] = iso_millis(now)
     body[shape.batch_info_key] = {
         "shardId": shard_id,
-        "startSequenceNumber": shape.sequence_number(records[0]),
-        "endSequenceNumber": shape.sequence_number(records[-1]),
-        "approximateArrivalOfFirstRecord": shape.arrival_text(shape.arrival_time(records[0])),
-        "approximateArrivalOfLastRecord": shape.arrival_text(shape.arrival_time(records[-1])),
+        "startSequenceNumber": shape.sequence_number(first),
+        "endSequenceNumber": shape.sequence_number(last),
+        "approximateArrivalOfFirstRecord": shape.arrival_text(shape.arrival_time(first)),
+        "approximateArrivalOfLastRecord": shape.arrival_text(shape.arrival_time(last)),
         "batchSize": len(records),
         "streamArn": stream_arn,
     }
-    return OnFailureRecord(body=body, shard_id=shard_id, payload={"Records": list(records)})
+    return OnFailureRecord(
+        body=body,
+        shard_id=shard_id,
+        payload=Event.of_records(records),
+        batch_size=len(records),
+    )
 
 
 class Destination(Protocol):
@@ -174,11 +179,12 @@ class S3Destination:
         )
 
     def send(self, record: OnFailureRecord) -> None:
-        body = {**record.body, "payload": record.payload}
+        # The records' JSON as it was made when they were read, under `payload`.
+        body = json.dumps(record.body)[:-1] + ', "payload": ' + record.payload.text + "}"
         self._client.put_object(
             Bucket=self._bucket,
             Key=self.object_key(record),
-            Body=json.dumps(body).encode(),
+            Body=body.encode(),
             ContentType="application/json",
         )
 

@@ -1,4 +1,4 @@
-"""The local event source mapping: one stream, one function, Lambda's rules (ESM-SPEC).
+"""The local event source mapping: one stream, one function, Lambda's rules (docs/esm.md).
 
 `EventSourceMapping.run()` lists the stream's shards and runs a `ShardWorker` for each shard
 that may start: a parent shard is finished before any of its children starts (a Kinesis merge

@@ -3,7 +3,7 @@
 An invoker is any callable `invoke(event, deadline_seconds) -> InvokeResult`: the function ran
 and returned a JSON value, or it failed (raised, timed out, crashed its process). It raises
 `NotInvoked` when the function could not be run at all (throttled, no worker could start):
-AWS does not count such errors against `MaximumRetryAttempts` (ESM-SPEC section 3).
+AWS does not count such errors against `MaximumRetryAttempts` (docs/esm.md section 3).
 Implementations: `InProcessInvoker` here (a Python handler in this process, for tests and the
 simplest runs) and the worker-process invoker of `streams.mapping.function.pool`.
 """
@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.arn import Arn
 
 __all__ = [
+    "Event",
     "FunctionError",
     "InProcessInvoker",
     "Invocation",
@@ -27,7 +28,51 @@ __all__ = [
     "Invoker",
     "LambdaContext",
     "NotInvoked",
+    "event_json",
 ]
+
+
+class Event(Mapping[str, Any]):
+    """A Lambda event as JSON text, made once from records serialised once, when they were read.
+
+    An invoker that sends the event on (a worker's pipe) sends `text` as it is; one that reads it
+    as a mapping (in-process, a test's recorder) parses it on first use.
+    """
+
+    __slots__ = ("_value", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._value: dict[str, Any] | None = None
+
+    @classmethod
+    def of_records(cls, records: Sequence[str], **fields: Any) -> Event:
+        """`{"Records": [...], **fields}`, the records given as their JSON texts."""
+        text = '{"Records":[' + ",".join(records) + "]"
+        if fields:
+            text += "," + json.dumps(fields, separators=(",", ":"))[1:]
+        else:
+            text += "}"
+        return cls(text)
+
+    def _parsed(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = json.loads(self.text)
+        return self._value
+
+    def __getitem__(self, name: str) -> Any:
+        return self._parsed()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+
+def event_json(event: Mapping[str, Any]) -> str:
+    """An event's JSON text: an `Event`'s own, made once; any other mapping's, serialised now."""
+    return event.text if isinstance(event, Event) else json.dumps(event)
 
 
 class NotInvoked(Exception):
@@ -140,7 +185,7 @@ class InProcessInvoker:
             clock=self._clock,
         )
         try:
-            returned = self._handler(json.loads(json.dumps(event)), context)
+            returned = self._handler(json.loads(event_json(event)), context)
         except Exception as error:  # the function's failure, reported as Lambda reports it
             return InvokeResult(
                 error=FunctionError(type(error).__name__, str(error)), request_id=request_id

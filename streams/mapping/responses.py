@@ -1,4 +1,4 @@
-"""What an invocation's result means for its batch, for streams and queues alike (ESM-SPEC 3, 6).
+"""What an invocation's result means for its batch, stream or queue (docs/esm.md sections 3, 6).
 
 With `ReportBatchItemFailures`, the function may return `{"batchItemFailures":
 [{"itemIdentifier": "<id>"}]}`, the id being a record's sequence number (streams) or a

@@ -1,4 +1,4 @@
-"""What the mapping reads from a Lambda-shaped stream record (ESM-SPEC section 5).
+"""What the mapping reads from a Lambda-shaped stream record (docs/esm.md section 5).
 
 Records reach the mapping already in the exact shape Lambda delivers; these accessors name the
 few fields the rules need, per event source: the sequence number (order, checkpoints, partial
@@ -27,7 +27,7 @@ class RecordShape:
 
     @property
     def batch_info_key(self) -> BatchInfoKey:
-        """The on-failure record's key for the batch description (ESM-SPEC section 4)."""
+        """The on-failure record's key for the batch description (docs/esm.md section 4)."""
         return "DDBStreamBatchInfo" if self.event_source == "aws:dynamodb" else "KinesisBatchInfo"
 
     def sequence_number(self, record: Mapping[str, Any]) -> str:

@@ -43,7 +43,7 @@ __all__ = ["POLL_INTERVAL", "ShardWorker"]
 
 logger = logging.getLogger("streams.mapping")
 
-# Seconds between polls of a caught-up shard (ESM-SPEC section 2).
+# Seconds between polls of a caught-up shard (docs/esm.md section 2).
 POLL_INTERVAL = {"aws:dynamodb": 0.25, "aws:kinesis": 1.0}
 # Bytes of an event around its records, and its tumbling-window fields without the state.
 _EVENT_OVERHEAD = 1024
@@ -210,14 +210,11 @@ class ShardWorker:
         filtered = 0
         for record in records:
             entry = Entry(
-                record,
-                shape.sequence_number(record),
-                shape.arrival_time(record),
-                len(json.dumps(record)),
+                json.dumps(record), shape.sequence_number(record), shape.arrival_time(record)
             )
             if self._filter and not self._filter.passes(record):
                 entry.done = True
-                entry.record = None
+                entry.text = None
                 filtered += 1
                 accepted.append((entry, None))
             elif factor == 1:
@@ -376,7 +373,7 @@ class ShardWorker:
         with self._cond:
             for entry in entries:
                 entry.done = True
-                entry.record = None
+                entry.text = None
                 self._held_bytes -= entry.size
             advanced = self._advance()
             self._cond.notify_all()

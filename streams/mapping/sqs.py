@@ -36,7 +36,7 @@ What it does, as Lambda does (AWS Lambda developer guide, "Using Lambda with Ama
   A message that is not deleted comes back after the queue's visibility timeout; the queue's
   redrive policy, if any, moves it to the queue's own dead-letter queue after
   `maxReceiveCount` receives (SQS does that, not the poller). A return value that is not an
-  object (`null`, `""`, `[]`) counts as success, as for stream sources (ESM-SPEC section 3).
+  object (`null`, `""`, `[]`) counts as success, as for stream sources (docs/esm.md section 3).
 - **Not invoked** (no worker could start): the messages are left in flight and come back after
   the visibility timeout, as after a throttle on AWS.
 
@@ -60,7 +60,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from streams.arn import Arn
 from streams.errors import UserError
 from streams.mapping.delivery import PAYLOAD_LIMIT
-from streams.mapping.invoke import Invocation, Invoker, NotInvoked
+from streams.mapping.invoke import Event, Invocation, Invoker, NotInvoked
 from streams.mapping.responses import interpret
 from streams.mapping.settings import read_boolean, read_integer, read_response_types, refuse
 from streams.mapping.state import MappingObserver
@@ -251,9 +251,22 @@ def lambda_message(message: MessageTypeDef, queue_arn: str) -> dict[str, Any]:
     }
 
 
-def _size(record: Mapping[str, Any]) -> int:
-    """Bytes the record takes in the event's JSON, with its separating comma."""
-    return len(json.dumps(record, separators=(",", ":")).encode()) + 1
+@dataclass(frozen=True)
+class _Message:
+    """One received message as a record of the event, and that record's JSON, made once."""
+
+    record: dict[str, Any]
+    text: str
+
+    @classmethod
+    def of(cls, message: MessageTypeDef, queue_arn: str) -> _Message:
+        record = lambda_message(message, queue_arn)
+        return cls(record, json.dumps(record, separators=(",", ":")))
+
+    @property
+    def size(self) -> int:
+        """Bytes the record takes in the event's JSON, with its separating comma."""
+        return len(self.text) + 1
 
 
 # --- the poller ---------------------------------------------------------------------------
@@ -296,7 +309,7 @@ class QueuePoller:
         self._observer = observer or MappingObserver()
         self._stop = Stop(sleep)
         # Received messages that did not fit their batch (6 MB): they open the next one.
-        self._carried: list[tuple[dict[str, Any], int]] = []
+        self._carried: list[_Message] = []
         self._ran = False
 
     def stop(self) -> None:
@@ -336,10 +349,10 @@ class QueuePoller:
             MessageAttributeNames=["All"],
         ).get("Messages", [])
 
-    def _collect(self) -> list[dict[str, Any]]:
+    def _collect(self) -> list[_Message]:
         """The next batch: `BatchSize` messages, the window's, or up to the payload limit."""
         settings = self.settings
-        batch: list[dict[str, Any]] = []
+        batch: list[_Message] = []
         size = _EVENT_OVERHEAD
         window_ends: float | None = None
         while len(batch) < settings.batch_size and not self._stop.is_set():
@@ -360,29 +373,28 @@ class QueuePoller:
                     if wait == 0:
                         self._stop.pause(window_ends - self._clock())
                     continue
-                received = [
-                    (record, _size(record))
-                    for record in (lambda_message(m, self.queue.arn) for m in messages)
-                ]
+                received = [_Message.of(message, self.queue.arn) for message in messages]
             if window_ends is None:
                 window_ends = self._clock() + settings.maximum_batching_window_in_seconds
-            for index, (record, record_size) in enumerate(received):
-                if batch and size + record_size > PAYLOAD_LIMIT:
+            for index, message in enumerate(received):
+                if batch and size + message.size > PAYLOAD_LIMIT:
                     self._carried = received[index:]
                     return batch
-                batch.append(record)
-                size += record_size
+                batch.append(message)
+                size += message.size
             if settings.maximum_batching_window_in_seconds == 0:
                 break
         return batch
 
     # --- delivery ------------------------------------------------------------------------
 
-    def _deliver(self, batch: list[dict[str, Any]]) -> None:
-        message_ids = [record["messageId"] for record in batch]
+    def _deliver(self, batch: list[_Message]) -> None:
+        message_ids = [message.record["messageId"] for message in batch]
         sent = self._clock()
         try:
-            result = self._invoker({"Records": batch}, self._function_timeout)
+            result = self._invoker(
+                Event.of_records([message.text for message in batch]), self._function_timeout
+            )
         except NotInvoked as error:
             logger.warning(
                 "queue %s: function not invoked (%s); its %d messages come back after the "
@@ -399,7 +411,7 @@ class QueuePoller:
             report_batch_item_failures=self.settings.report_batch_item_failures,
             item="message",
         )
-        self._delete([record for index, record in enumerate(batch) if index not in outcome.failed])
+        self._delete([m.record for index, m in enumerate(batch) if index not in outcome.failed])
         duration = self._clock() - sent
         logger.info(
             "queue %s: %d messages: %s (%.0f ms, request %s)",

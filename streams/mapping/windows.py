@@ -1,4 +1,4 @@
-"""Tumbling windows: aggregation state passed between invocations (ESM-SPEC section 6).
+"""Tumbling windows: aggregation state passed between invocations (docs/esm.md section 6).
 
 Windows are aligned on the epoch and follow record arrival time: a record arriving at `t`
 belongs to `[t - t mod W, that + W)`. Batches never mix windows. Each invocation gets the state
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from streams.mapping.invoke import Event
 from streams.mapping.shapes import iso_seconds
 
 __all__ = ["MAX_STATE_BYTES", "Window", "window_start"]
@@ -57,20 +58,21 @@ class Window:
 
     def event(
         self,
-        records: Sequence[dict[str, Any]],
+        records: Sequence[str],
         *,
         shard_id: str,
         source_arn: str,
         final: bool,
         terminated_early: bool = False,
-    ) -> dict[str, Any]:
-        """The event of one invocation in this window, in the field order of AWS's examples."""
-        return {
-            "Records": list(records),
-            "window": {"start": iso_seconds(self.start), "end": iso_seconds(self.end)},
-            "state": self.state,
-            "shardId": shard_id,
-            "eventSourceARN": source_arn,
-            "isFinalInvokeForWindow": final,
-            "isWindowTerminatedEarly": terminated_early,
-        }
+    ) -> Event:
+        """The event of one invocation in this window (`records` as JSON texts), in the field
+        order of AWS's examples."""
+        return Event.of_records(
+            records,
+            window={"start": iso_seconds(self.start), "end": iso_seconds(self.end)},
+            state=self.state,
+            shardId=shard_id,
+            eventSourceARN=source_arn,
+            isFinalInvokeForWindow=final,
+            isWindowTerminatedEarly=terminated_early,
+        )

@@ -2,3 +2,7 @@
 
 Never ships to Lambda (the hydrate function's code, which does, is `streams.hydrate`).
 """
+
+from streams.ops.dlq import DeadLetterQueueReader, ParkedMessage, RedriveReport, redrive
+
+__all__ = ["DeadLetterQueueReader", "ParkedMessage", "RedriveReport", "redrive"]

@@ -1,6 +1,6 @@
 """Shard sources: DynamoDB Streams and Kinesis read as Lambda reads them.
 
-Records come out in the exact shape of a Lambda event record (ESM-SPEC section 5).
+Records come out in the exact shape of a Lambda event record (docs/esm.md section 5).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Two real implementations (DynamoDB Streams, Kinesis) and any test source implement these
 protocols. Records come out already converted to the exact Lambda event record shape
-(ESM-SPEC section 5), so a handler cannot tell where it runs.
+(docs/esm.md section 5), so a handler cannot tell where it runs.
 """
 
 from __future__ import annotations

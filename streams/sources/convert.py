@@ -1,4 +1,4 @@
-"""GetRecords records → the records Lambda delivers to a function (ESM-SPEC section 5).
+"""GetRecords records → the records Lambda delivers to a function (docs/esm.md section 5).
 
 boto3's low-level clients decode what the stream sends: timestamps become `datetime`, binary
 attribute values and Kinesis data become `bytes`. Lambda's event carries them as JSON: epoch

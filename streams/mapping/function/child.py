@@ -169,9 +169,11 @@ class Child:
     def _line(message: Mapping[str, Any]) -> bytes:
         return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
-    def send(self, message: Mapping[str, Any]) -> None:
-        """Queue a message; it is written while `exchange` waits (a pipe holds only 64 KiB)."""
-        self._pending += self._line(message)
+    def send(self, message: Mapping[str, Any], *, event: str) -> None:
+        """Queue an invocation: `message` with the event's JSON text (`event`, sent as it is)
+        under ``event``. It is written while `exchange` waits (a pipe holds only 64 KiB)."""
+        head = json.dumps(message, separators=(",", ":"))
+        self._pending += f'{head[:-1]},"event":{event}}}\n'.encode()
 
     def exchange(self, deadline: float) -> dict[str, Any] | None:
         """Write what is queued and read until the child's next message and the end of the

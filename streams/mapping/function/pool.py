@@ -43,7 +43,7 @@ from streams.mapping.function.child import INIT_TIMEOUT_SECONDS, Child, exit_des
 from streams.mapping.function.emf import EmfMetric, emf_metrics
 from streams.mapping.function.interpreter import Interpreter
 from streams.mapping.function.spec import FunctionSpec
-from streams.mapping.invoke import FunctionError, InvokeResult, NotInvoked
+from streams.mapping.invoke import FunctionError, InvokeResult, NotInvoked, event_json
 
 __all__ = ["ErrorKind", "Worker", "WorkerFunctionError", "WorkerInvokeResult", "WorkerPool"]
 
@@ -127,9 +127,9 @@ class Worker:
             {
                 "requestId": request_id,
                 "deadlineMs": int((time.time() + timeout) * 1000),
-                "event": event,
                 "invokedFunctionArn": self.spec.arn,
-            }
+            },
+            event=event_json(event),
         )
         message = child.exchange(started + timeout)
         duration = time.monotonic() - started

@@ -4,7 +4,7 @@
 keeps checkpoints in a DynamoDB table (under the lease of `streams.mapping.state.lease`),
 `MemoryCheckpointStore` in memory.
 
-`MappingObserver` is told, as it happens, every per-shard figure of ESM-SPEC section 8
+`MappingObserver` is told, as it happens, every per-shard figure of docs/esm.md section 8
 (`record`), each shard's state (`shard_state`: open, closed, finished, only ever forward) and
 each invocation's outcome (`invoked`). The state table keeps all three for the monitor;
 `MetricCounters` adds the figures up in memory; `Observers` tells several.
@@ -90,7 +90,7 @@ class MappingObserver:
     """
 
     def record(self, shard_id: str, name: MetricName, value: float) -> None:
-        """A figure of ESM-SPEC section 8: an event count is an increment (a number of
+        """A figure of docs/esm.md section 8: an event count is an increment (a number of
         records); `IteratorAge` is one sample, in milliseconds, per batch sent."""
 
     def shard_state(self, shard_id: str, state: ShardState) -> None:

@@ -220,7 +220,7 @@ class DynamoDBCheckpointStore(LeasedMapping, MappingObserver):
     ) -> None:
         """Add `counts` to the shard's counters (atomic ``ADD``: concurrent writers add up) and
         set what is given of the rest, now, in one write with what `record` buffered. Counter
-        names: ESM-SPEC section 8's, and the function's own from `function_counts`."""
+        names: those of docs/esm.md section 8, and the function's own from `function_counts`."""
         figures = _Figures(dict(counts or {}), iterator_age_ms, state, last_outcome)
         with self._lock:
             self._pending[shard_id] = self._take_pending(shard_id).merge(figures)
