@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from streams.cli import main
-from streams.cli.check import check_template
+from streams.local.check import check_template
 
 ROOT = Path(__file__).resolve().parent.parent
 

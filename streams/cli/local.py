@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from streams.cli.common import sigterm_as_interrupt
+from streams.cli.common import add_parameter_overrides, sigterm_as_interrupt
 from streams.cli.endpoint import current_endpoint
 from streams.errors import UserError
 from streams.local.endpoint import (
@@ -82,13 +82,7 @@ def _template_arguments(
         if stack_name is None
         else f"stack to create (default {stack_name})",
     )
-    parser.add_argument(
-        "--parameter-overrides",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="template parameters, as for `sam deploy` (others take their defaults)",
-    )
+    add_parameter_overrides(parser)
     parser.add_argument("--region", help="region (default: AWS_REGION, else us-east-1)")
     parser.add_argument(
         "--json",

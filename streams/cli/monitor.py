@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from streams.arn import Arn
+from streams.cli.common import positive_seconds
 from streams.cli.endpoint import Endpoint, current_endpoint
 from streams.errors import UserError
 from streams.local.stack import DEFAULT_STACK_NAME
@@ -70,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--interval",
-        type=_positive,
+        type=positive_seconds,
         default=DEFAULT_INTERVAL,
         metavar="SECONDS",
         help=f"seconds between refreshes (default {DEFAULT_INTERVAL:g})",
@@ -86,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--fail-above",
-        type=_positive,
+        type=positive_seconds,
         metavar="SECONDS",
         help="exit 1, naming the shard or function, as soon as an iterator age is above this",
     )
@@ -98,13 +99,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--duration",
-        type=_positive,
+        type=positive_seconds,
         metavar="SECONDS",
         help="leave after this long (with --plot: sample for this long, then write the chart)",
     )
     parser.add_argument(
         "--window",
-        type=_positive,
+        type=positive_seconds,
         default=DEFAULT_WINDOW,
         metavar="SECONDS",
         help=f"with --function: the CloudWatch window counts are summed over (default "
@@ -132,16 +133,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the on-failure queue (default: from the stack, or the function's mappings)",
     )
     parser.set_defaults(func=_monitor)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
-    return value
 
 
 def _monitor(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
-from streams.cli.common import sigterm_as_interrupt
+from streams.cli.common import add_parameter_overrides, seconds, sigterm_as_interrupt
 from streams.cli.local import deploy_to_local_endpoint
 from streams.errors import UserError
 from streams.local.run import LocalMapping
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.add_argument(
         "--exit-when-idle",
-        type=_seconds,
+        type=seconds,
         metavar="SECONDS",
         help="stop once no shard has had records to deliver for this long",
     )
@@ -65,25 +65,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument(
         "--stack-name", help="stack to deploy into (default: the recorded one, else streams-local)"
     )
-    run.add_argument(
-        "--parameter-overrides",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="template parameters, as for `sam deploy` (others take their defaults)",
-    )
+    add_parameter_overrides(run)
     run.add_argument("--region", help="region (default: the endpoint's, else us-east-1)")
     run.set_defaults(func=_run)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
-    return value
 
 
 def _run(args: argparse.Namespace) -> int:

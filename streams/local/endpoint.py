@@ -20,8 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import boto3
 
@@ -51,12 +50,9 @@ __all__ = [
 
 DEFAULT_REGION = "us-east-1"
 
-
 STATE_FILE = Path(".streams") / "local.json"
 
-
 LOOPBACK = "127.0.0.1"
-
 
 LOCAL_EXTRA_HINT = "install the local extra: pip install 'streams[local]'"
 
@@ -65,7 +61,22 @@ LOCAL_EXTRA_HINT = "install the local extra: pip install 'streams[local]'"
 _LOCAL_ACCESS_KEY = _LOCAL_SECRET_KEY = "testing"
 
 
-class EmbeddedEndpoint:
+class _Endpoint:
+    """An endpoint at `url` until `stop()`, also as a context."""
+
+    url: str
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class EmbeddedEndpoint(_Endpoint):
     """moto's server, serving from a thread of this process on 127.0.0.1 until `stop()`."""
 
     def __init__(self, server: BaseWSGIServer) -> None:
@@ -89,17 +100,6 @@ class EmbeddedEndpoint:
     def wait(self) -> None:
         """Block until `stop()` (from another thread or a signal handler)."""
         self._thread.join()
-
-    def __enter__(self) -> EmbeddedEndpoint:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_endpoint(port: int = 0) -> EmbeddedEndpoint:
@@ -150,7 +150,7 @@ def serve_endpoint(port: int) -> None:
     endpoint.wait()
 
 
-class EndpointProcess:
+class EndpointProcess(_Endpoint):
     """moto's server in a child process on 127.0.0.1 until `stop()`.
 
     For work that keeps this process busy (the demo runs the mapping, the writer and the
@@ -189,17 +189,6 @@ class EndpointProcess:
         if self._process.poll() is None:
             self._process.terminate()
         self._process.wait()
-
-    def __enter__(self) -> EndpointProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def region_or_default(region: str | None) -> str:

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -429,46 +429,45 @@ def _retention_seconds(spec: EventSourceSpec, session: boto3.Session, endpoint_u
 # --- one event source's run, in its own thread --------------------------------------------
 
 
-class _Run(Protocol):
+class _Run:
     """One event source's mapping as `LocalMapping.run` drives it from a thread: `run` puts the
     run on the `done` queue when it returns, with `error` set if it failed."""
 
-    error: BaseException | None
-
-    @property
-    def name(self) -> str: ...
-
-    def run(self, exit_when_idle: float | None) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-class _QueueRun:
-    """One queue's poller. No lease: pollers of one queue share it, as AWS's do."""
-
-    def __init__(self, mapping: QueueMapping, poller: QueuePoller, *, done: queue.Queue[_Run]):
-        self.mapping = mapping
+    def __init__(self, name: str, done: queue.Queue[_Run]) -> None:
+        self.name = name
         self.error: BaseException | None = None
-        self._poller = poller
         self._done = done
-
-    @property
-    def name(self) -> str:
-        return self.mapping.spec.logical_id
-
-    def stop(self) -> None:
-        self._poller.stop()
 
     def run(self, exit_when_idle: float | None) -> None:
         try:
-            self._poller.run(exit_when_idle=exit_when_idle)
+            self._run(exit_when_idle)
         except BaseException as error:  # raised by LocalMapping.run, in the caller's thread
             self.error = error
         finally:
             self._done.put(self)
 
+    def _run(self, exit_when_idle: float | None) -> None:
+        raise NotImplementedError
 
-class _StreamRun:
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class _QueueRun(_Run):
+    """One queue's poller. No lease: pollers of one queue share it, as AWS's do."""
+
+    def __init__(self, mapping: QueueMapping, poller: QueuePoller, *, done: queue.Queue[_Run]):
+        super().__init__(mapping.spec.logical_id, done)
+        self._poller = poller
+
+    def stop(self) -> None:
+        self._poller.stop()
+
+    def _run(self, exit_when_idle: float | None) -> None:
+        self._poller.run(exit_when_idle=exit_when_idle)
+
+
+class _StreamRun(_Run):
     """One stream's event source mapping: wait for the lease, run, release."""
 
     def __init__(
@@ -480,27 +479,13 @@ class _StreamRun:
         stopping: threading.Event,
         done: queue.Queue[_Run],
     ) -> None:
-        self.stream = stream
-        self.error: BaseException | None = None
+        super().__init__(stream.spec.logical_id, done)
         self._store = store
         self._engine = engine
         self._stopping = stopping
-        self._done = done
-
-    @property
-    def name(self) -> str:
-        return self.stream.spec.logical_id
 
     def stop(self) -> None:
         self._engine.stop()
-
-    def run(self, exit_when_idle: float | None) -> None:
-        try:
-            self._run(exit_when_idle)
-        except BaseException as error:  # raised by LocalMapping.run, in the caller's thread
-            self.error = error
-        finally:
-            self._done.put(self)
 
     def _run(self, exit_when_idle: float | None) -> None:
         store = self._store

@@ -38,9 +38,7 @@ __all__ = [
 
 DEFAULT_STACK_NAME = "streams-local"
 
-
 _DIGEST_TAG = "streams:template-digest"
-
 
 _STACK_NAME = re.compile(r"[A-Za-z][-A-Za-z0-9]{0,127}")
 

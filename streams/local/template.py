@@ -43,7 +43,6 @@ __all__ = [
 
 DEFAULT_TEMPLATE = Path("template.yaml")
 
-
 SAM_TRANSFORM = "AWS::Serverless-2016-10-31"
 
 
@@ -61,13 +60,11 @@ DATA_RESOURCE_TYPES = frozenset(
 
 FUNCTION_TYPE = "AWS::Lambda::Function"
 
-
 MAPPING_TYPE = "AWS::Lambda::EventSourceMapping"
 
 
 # Lambda's defaults for a function that does not set them.
 DEFAULT_TIMEOUT_SECONDS = 3
-
 
 DEFAULT_MEMORY_MB = 128
 
@@ -77,18 +74,13 @@ DEFAULT_MEMORY_MB = 128
 # function's Code.S3Key.
 _CODE_BUCKET = "streams-local-code-uri"
 
-
 _FUNCTION_OUTPUT = "StreamsLocalFunction"
-
 
 _MAPPING_OUTPUT = "StreamsLocalMapping"
 
-
 _PARAMETER_KEY = re.compile(r"[A-Za-z0-9]+")
 
-
 _LONG_OVERRIDE = re.compile(r"ParameterKey=([^,]*),ParameterValue=(.*)", re.DOTALL)
-
 
 _SUB_VARIABLE = re.compile(r"\$\{([^!}][^}]*)\}")
 
@@ -306,7 +298,6 @@ def _is_pseudo(name: str) -> bool:
 
 
 _KEPT_SECTIONS = ("AWSTemplateFormatVersion", "Description", "Parameters", "Mappings", "Conditions")
-
 
 _SKIP_REASONS = {
     "AWS::Lambda::": "functions run through `streams run`, not inside moto",

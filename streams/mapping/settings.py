@@ -18,7 +18,13 @@ from streams.errors import UserError
 from streams.mapping.filters import FilterPattern, InvalidFilterPattern
 from streams.sources.base import EventSource
 
-__all__ = ["MAX_FILTERS", "MappingSettings", "StartingPosition"]
+__all__ = [
+    "MAX_FILTERS",
+    "SHARED_PROPERTIES",
+    "STREAM_ONLY_PROPERTIES",
+    "MappingSettings",
+    "StartingPosition",
+]
 
 StartingPosition = Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]
 
@@ -286,21 +292,23 @@ def _numeric(value: object) -> bool:
     return False
 
 
-_PROPERTY_NAMES: Final = frozenset(
+#: The properties only stream event sources have: AWS refuses them for a queue.
+STREAM_ONLY_PROPERTIES: Final = frozenset(
     {
         "StartingPosition",
         "StartingPositionTimestamp",
-        "BatchSize",
-        "MaximumBatchingWindowInSeconds",
         "BisectBatchOnFunctionError",
         "MaximumRetryAttempts",
         "MaximumRecordAgeInSeconds",
         "DestinationConfig",
         "ParallelizationFactor",
         "TumblingWindowInSeconds",
-        "FilterCriteria",
-        "FunctionResponseTypes",
-        "Enabled",
-        "MetricsConfig",
     }
+)
+#: The properties every event source mapping of a stream or a queue has.
+SHARED_PROPERTIES: Final = frozenset(
+    {"BatchSize", "MaximumBatchingWindowInSeconds", "FunctionResponseTypes", "Enabled"}
+)
+_PROPERTY_NAMES: Final = (
+    STREAM_ONLY_PROPERTIES | SHARED_PROPERTIES | {"FilterCriteria", "MetricsConfig"}
 )

@@ -62,7 +62,14 @@ from streams.errors import UserError
 from streams.mapping.delivery import PAYLOAD_LIMIT
 from streams.mapping.invoke import Event, Invocation, Invoker, NotInvoked
 from streams.mapping.responses import interpret
-from streams.mapping.settings import read_boolean, read_integer, read_response_types, refuse
+from streams.mapping.settings import (
+    SHARED_PROPERTIES,
+    STREAM_ONLY_PROPERTIES,
+    read_boolean,
+    read_integer,
+    read_response_types,
+    refuse,
+)
 from streams.mapping.state import MappingObserver
 from streams.mapping.stop import Stop
 from streams.queues import SQS_BATCH_ENTRIES
@@ -91,22 +98,6 @@ _EVENT_OVERHEAD: Final = len('{"Records":[]}')
 # CloudWatch metrics (not published locally).
 _NOT_USED_LOCALLY: Final = frozenset(
     {"EventSourceArn", "FunctionName", "Tags", "KmsKeyArn", "ScalingConfig", "MetricsConfig"}
-)
-# Properties of stream event sources: AWS refuses them for a queue.
-_STREAM_ONLY: Final = frozenset(
-    {
-        "StartingPosition",
-        "StartingPositionTimestamp",
-        "BisectBatchOnFunctionError",
-        "MaximumRetryAttempts",
-        "MaximumRecordAgeInSeconds",
-        "DestinationConfig",
-        "ParallelizationFactor",
-        "TumblingWindowInSeconds",
-    }
-)
-_PROPERTY_NAMES: Final = frozenset(
-    {"BatchSize", "MaximumBatchingWindowInSeconds", "FunctionResponseTypes", "Enabled"}
 )
 
 
@@ -145,7 +136,7 @@ class QueueSettings:
         locally (`FilterCriteria`).
         """
         for name in properties:
-            if name in _STREAM_ONLY:
+            if name in STREAM_ONLY_PROPERTIES:
                 raise refuse(name, "not valid for SQS event sources")
             if name == "FilterCriteria":
                 raise refuse(
@@ -153,7 +144,7 @@ class QueueSettings:
                     "not run locally for SQS event sources (AWS deletes the messages a filter "
                     "drops; here they would reach the function): remove it to run locally",
                 )
-            if name not in _NOT_USED_LOCALLY and name not in _PROPERTY_NAMES:
+            if name not in _NOT_USED_LOCALLY and name not in SHARED_PROPERTIES:
                 raise refuse(name, "unknown property")
         return cls(
             batch_size=read_integer(properties, "BatchSize", 10),

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streams.errors import UserError
+from streams.monitor.model import Sample
 
 if TYPE_CHECKING:
     pass
-from streams.monitor.model import Sample
 
 __all__ = ["PLOT_EXTRA_HINT", "write_chart"]
-
 
 PLOT_EXTRA_HINT = "writing a chart needs matplotlib: pip install 'streams[plot]'"
 

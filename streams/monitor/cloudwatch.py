@@ -17,13 +17,6 @@ from streams.arn import Arn
 from streams.deadletter import REASONS
 from streams.errors import UserError
 from streams.metrics import DEFAULT_NAMESPACE, DEFAULT_SERVICE, EVENT_COUNT_NAMES
-
-if TYPE_CHECKING:
-    from mypy_boto3_cloudwatch import CloudWatchClient
-    from mypy_boto3_cloudwatch.type_defs import MetricDataQueryTypeDef
-    from mypy_boto3_lambda import LambdaClient
-    from mypy_boto3_lambda.type_defs import EventSourceMappingConfigurationTypeDef
-    from mypy_boto3_sqs import SQSClient
 from streams.monitor.model import (
     DEAD_LETTER,
     ON_FAILURE,
@@ -36,11 +29,16 @@ from streams.monitor.model import (
     totals,
 )
 
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch import CloudWatchClient
+    from mypy_boto3_cloudwatch.type_defs import MetricDataQueryTypeDef
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_lambda.type_defs import EventSourceMappingConfigurationTypeDef
+    from mypy_boto3_sqs import SQSClient
+
 __all__ = ["CloudWatchMonitor"]
 
-
 _PERIOD_SECONDS: Final = 60  # Lambda publishes its metrics per minute
-
 
 _QUERIES_PER_CALL: Final = 500  # GetMetricData's limit
 

@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streams.errors import UserError
+from streams.monitor.model import Monitor, MonitorSnapshot, Sample
 
 if TYPE_CHECKING:
     pass
-from streams.monitor.model import Monitor, MonitorSnapshot, Sample
 
 logger = logging.getLogger("streams.monitor")
 
 __all__ = ["MonitorHistory", "MonitorSampler", "sparkline"]
-
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 

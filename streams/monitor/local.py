@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 from streams.mapping.state.layout import DEFAULT_TABLE_NAME
 from streams.mapping.state.snapshot import MappingSnapshot, ShardSnapshot, read_mappings
 from streams.metrics import EVENT_COUNT_NAMES, function_count_name, parse_function_count
+from streams.monitor.model import MonitorSnapshot, QueueRef, Row, queue_depth, totals
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
-from streams.monitor.model import MonitorSnapshot, QueueRef, Row, queue_depth, totals
 
 __all__ = ["LocalMonitor"]
 

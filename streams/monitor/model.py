@@ -46,9 +46,7 @@ __all__ = [
 
 DEAD_LETTER: Final = "dead-letter"
 
-
 ON_FAILURE: Final = "on-failure"
-
 
 QueueRole = Literal["dead-letter", "on-failure"]
 

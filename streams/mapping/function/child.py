@@ -43,12 +43,9 @@ INIT_TIMEOUT_SECONDS = 10.0
 #: this much more; it stops runaway growth with a `MemoryError`, not at Lambda's exact point.
 MEMORY_ALLOWANCE_MB = 1024
 
-
 _WORKER_MAIN = Path(__file__).with_name("_worker_main.py")
 
-
 _DRAIN_SECONDS = 1.0  # reading what a dead or dying child still has in its pipes
-
 
 _EXIT_SECONDS = 2.0  # a child told to stop exits within this, or is killed
 

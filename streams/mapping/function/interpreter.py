@@ -19,7 +19,6 @@ logger = logging.getLogger(__name__)
 #: What a function of this project imports that the Lambda runtime or its package provides.
 REQUIRED_MODULES = ("boto3", "aws_lambda_powertools")
 
-
 _PROBE_SECONDS = 30.0
 
 
