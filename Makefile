@@ -33,7 +33,17 @@ $(STAMP): pyproject.toml $(KCLPY_STAMP) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: $(STAMP)
+# checkov in a venv of its own (requirements/checkov.txt says why); the tests find it there.
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_STAMP): requirements/checkov.txt | $(BIN)/python
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements/checkov.txt
+	touch $@
+
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/ruff check streams processor tests bench
 	$(BIN)/ruff format --check streams processor tests bench
 	$(BIN)/mypy
