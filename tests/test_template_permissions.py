@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import pytest
 
-from streams.local.endpoint import deploy_template, translate_template
+from streams.local import deploy_template, translate_template
 from tests.test_template import ROOT, TEMPLATE, _template
 
 CHECKOV = Path(sys.prefix) / "checkov" / "bin" / "checkov"
