@@ -15,7 +15,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+
+from streams.local.endpoint import start_endpoint
 
 REGION = "us-east-1"
 
@@ -35,11 +36,10 @@ for _name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """moto's server, started once per test session on 127.0.0.1 and stopped at its end."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    """moto's server, as `streams local up` serves it, started once per test session on
+    127.0.0.1 and stopped at its end."""
+    server = start_endpoint(0)
+    endpoint = server.url
     previous = os.environ.get("AWS_ENDPOINT_URL")
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 from pathlib import Path
 
 import boto3
@@ -461,3 +463,59 @@ def test_aws_endpoint_url_wins_over_the_record_which_wins_over_aws(
     assert aws_itself.url is None and not aws_itself.is_local
     assert "from AWS_ENDPOINT_URL" in from_variable.describe()
     assert aws_itself.describe().startswith("endpoint: AWS, region us-east-1")
+
+
+def test_the_embedded_endpoint_applies_conditional_writes_one_at_a_time(
+    moto_endpoint: str, aws: boto3.Session, unique_name: str
+) -> None:
+    # GIVEN one item, and threads that each take its version and write version + 1 only if it
+    # is still the one they read (an optimistic lock, as the lease and the rate limit use it)
+    client = aws.client("dynamodb", config=Config(max_pool_connections=20))
+    client.create_table(
+        TableName=unique_name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    key = {"pk": {"S": "counter"}}
+    client.put_item(TableName=unique_name, Item={**key, "version": {"N": "0"}})
+    won: list[int] = []
+    lock = threading.Lock()
+
+    def take(times: int) -> None:
+        for _ in range(times):
+            while True:
+                seen = client.get_item(TableName=unique_name, Key=key, ConsistentRead=True)
+                version = int(seen["Item"]["version"]["N"])
+                try:
+                    client.update_item(
+                        TableName=unique_name,
+                        Key=key,
+                        UpdateExpression="SET version = :next",
+                        ConditionExpression="version = :seen",
+                        ExpressionAttributeValues={
+                            ":seen": {"N": str(version)},
+                            ":next": {"N": str(version + 1)},
+                        },
+                    )
+                except client.exceptions.ConditionalCheckFailedException:
+                    continue
+                with lock:
+                    won.append(version)
+                break
+
+    # WHEN 8 threads each win 25 times, switching threads as often as the interpreter can (on
+    # moto's own server, about 14 versions are then won twice)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=take, args=(25,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+    # THEN no version was won twice (AWS's rule: a condition holds for exactly one writer)
+    assert sorted(won) == list(range(200))

@@ -17,10 +17,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import boto3
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LOOPBACK",
     "STATE_FILE",
+    "AtomicDynamoDB",
     "EmbeddedEndpoint",
     "EndpointProcess",
     "RecordedEndpoint",
@@ -102,8 +103,36 @@ class EmbeddedEndpoint(_Endpoint):
         self._thread.join()
 
 
+# DynamoDB's own API (not DynamoDB Streams'): its writes must apply one at a time.
+_DYNAMODB_TARGET = "DynamoDB_20120810."
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class AtomicDynamoDB:
+    """A WSGI wrapper that serves moto's DynamoDB requests one at a time.
+
+    AWS applies each conditional write, `ADD` and transaction atomically; moto applies them as
+    a read, then a write, with no lock, so two requests at once can both pass a condition only
+    one should (two holders of one lease, two callers taking the last token of a rate limit, a
+    lost `ADD`). Served one at a time, moto's answers are AWS's. Other services, and their long
+    polls, are not held up.
+    """
+
+    def __init__(self, app: WsgiApp) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith(_DYNAMODB_TARGET):
+            with self._lock:  # the whole answer is made under the lock
+                return list(self._app(environ, start_response))
+        return self._app(environ, start_response)
+
+
 def start_endpoint(port: int = 0) -> EmbeddedEndpoint:
-    """Start moto's server on 127.0.0.1:`port` (0: any free port)."""
+    """Start moto's server on 127.0.0.1:`port` (0: any free port), its DynamoDB atomic."""
     try:
         # The `local` extra; imported on use, since moto takes a second to import.
         from moto.moto_server.werkzeug_app import (
@@ -128,7 +157,7 @@ def start_endpoint(port: int = 0) -> EmbeddedEndpoint:
         server = make_server(
             LOOPBACK,
             port,
-            DomainDispatcherApplication(create_backend_app),
+            AtomicDynamoDB(DomainDispatcherApplication(create_backend_app)),
             threaded=True,
             request_handler=QuietRequestHandler,
             fd=listener.fileno(),
