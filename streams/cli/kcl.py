@@ -269,15 +269,17 @@ def _run(args: argparse.Namespace) -> int:
     properties: Path = args.properties
     if not properties.is_file():
         raise UserError(f"no properties file {properties} (write one: streams kcl properties)")
-    helper = _helper()
-    jar_folder: Path = args.jars or Path(helper.get_kcl_dir()) / "jars"
+    jar_folder: Path = args.jars or Path(_helper().get_kcl_dir()) / "jars"
     jars = kcl_jars(jar_folder)
-    extra = [str(jar) for jar in jars] if args.jars else []
+    # The jars of one folder only: amazon-kclpy's helper would append its own jars to --jars,
+    # mixing two KCL versions on one classpath. The properties file's folder comes last, as the
+    # helper puts it: the daemon looks the file up on the classpath before the file system.
+    classpath = [*jars, properties.absolute().parent]
     java = args.java or shutil.which("java") or "java"
     command = [
         java,
         "-cp",
-        helper.get_kcl_classpath(str(properties), extra),
+        os.pathsep.join(str(entry) for entry in classpath),
         MULTILANG_DAEMON,
         "--properties-file",
         str(properties),
@@ -316,7 +318,7 @@ def kcl_jars(folder: Path) -> list[Path]:
 
 
 def _helper() -> Any:
-    """amazon-kclpy's amazon_kclpy_helper (it builds the daemon's classpath)."""
+    """amazon-kclpy's amazon_kclpy_helper (it knows where the package keeps its jars)."""
     try:
         from samples import (  # type: ignore[import-untyped]
             amazon_kclpy_helper,
