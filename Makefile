@@ -13,24 +13,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# amazon-kclpy (the kcl extra) from its PyPI sdist, pinned by version and hash, without the KCL
-# jars (README, "Running on a KCL fleet"): its setup.py downloads them from Maven Central in
-# `install` and `bdist_wheel`; a PEP 660 editable install of the unpacked sdist runs neither.
-# The unpacked sdist stays in .venv/src (the install points there).
-KCLPY := amazon_kclpy-3.2.0
+# amazon-kclpy (the kcl extra) installed as its users install it, jars included: pip builds its
+# sdist (PyPI has no wheel; pinned by version and hash in requirements/kclpy.txt) and the sdist's
+# bdist_wheel step downloads the KCL jars its pom.xml lists from Maven Central into the wheel.
+# pip keeps that wheel in its cache, so a new .venv on the same machine downloads nothing.
+# --no-deps: its one dependency, boto3, comes with the project (hashes cover only this file).
 KCLPY_STAMP := $(VENV)/.installed-kclpy
 
 $(KCLPY_STAMP): requirements/kclpy.txt requirements/kclpy-build.txt | $(BIN)/python
-	rm -rf $(VENV)/src/$(KCLPY) $(VENV)/src/$(KCLPY).tar.gz
-	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: --require-hashes \
-		--build-constraint requirements/kclpy-build.txt -r requirements/kclpy.txt -d $(VENV)/src
-	tar -xzf $(VENV)/src/$(KCLPY).tar.gz -C $(VENV)/src
-	$(BIN)/python -m pip install --quiet --no-deps --build-constraint requirements/kclpy-build.txt \
-		--config-settings editable_mode=strict -e $(VENV)/src/$(KCLPY)
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes \
+		--build-constraint requirements/kclpy-build.txt -r requirements/kclpy.txt
 	touch $@
 
 $(STAMP): pyproject.toml $(KCLPY_STAMP) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,kcl]'
 	touch $@
 
 # checkov in a venv of its own (requirements/checkov.txt says why); the tests find it there.

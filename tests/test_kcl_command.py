@@ -207,14 +207,21 @@ def test_run_without_the_kcl_jars_says_so_and_how_to_provide_them(
     assert "KCL_MVN_REPO_SEARCH_URL" in error
 
 
-def test_run_with_amazon_kclpy_installed_without_jars_says_they_are_missing(
+def test_run_starts_the_daemon_from_the_jars_amazon_kclpy_installed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     properties = tmp_path / "kcl.properties"
     properties.write_text("applicationName = a\n")
 
-    assert main(["kcl", "run", "--properties", str(properties), "--print"]) == 2
-    assert "amazon_kclpy/jars" in one_line_error(capsys)
+    assert main(["kcl", "run", "--properties", str(properties), "--print"]) == 0
+    command = capsys.readouterr().out.split()
+    classpath = [Path(entry) for entry in command[command.index("-cp") + 1].split(os.pathsep)]
+    jars = [entry for entry in classpath if entry.suffix == ".jar"]
+    assert any(jar.name.startswith("amazon-kinesis-client-multilang-") for jar in jars)
+    assert all(
+        jar.parent.name == "jars" and jar.parent.parent.name == "amazon_kclpy" for jar in jars
+    )
+    assert all(zipfile.is_zipfile(jar) for jar in jars)
 
 
 def test_run_refuses_a_jar_that_does_not_open_as_a_zip_archive(

@@ -37,9 +37,9 @@ MULTILANG_DAEMON = "software.amazon.kinesis.multilang.MultiLangDaemon"
 _MULTILANG_JAR_PREFIX = "amazon-kinesis-client-multilang-"
 _INITIAL_POSITIONS = ("TRIM_HORIZON", "LATEST")
 _HOW_TO_GET_JARS = (
-    "install amazon-kclpy where Maven Central is reachable (pip install amazon-kclpy==3.2.0 "
-    "downloads the jars its pom.xml lists; KCL_MVN_REPO_SEARCH_URL points it at a mirror), "
-    "or fetch them with Maven from that pom.xml and pass --jars DIR"
+    "install amazon-kclpy where Maven Central is reachable (pip install 'streams[kcl]' builds it "
+    "and downloads the jars its pom.xml lists; KCL_MVN_REPO_SEARCH_URL points it at a mirror), "
+    "or pass --jars DIR with those jars"
 )
 
 _NOT_INSTALLED = (
