@@ -75,6 +75,18 @@ def test_properties_name_the_worker_the_stream_the_application_and_the_region(
     assert f"wrote {output}" in capsys.readouterr().out
 
 
+def test_properties_name_the_kinesis_endpoint_that_boto3_and_the_daemon_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both SDKs prefer the service's own variable to AWS_ENDPOINT_URL.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4568")
+    args = ["kcl", "properties", "--stream-arn", STREAM_ARN, "--application", "a"]
+
+    assert main([*args, "--handler", "m:f", "-o", str(tmp_path / "kcl.properties")]) == 0
+    assert "(endpoint http://127.0.0.1:4568)" in capsys.readouterr().out
+
+
 def test_properties_look_up_the_stream_arn_by_name(
     aws: boto3.Session, unique_name: str, tmp_path: Path, moto_endpoint: str
 ) -> None:

@@ -187,7 +187,8 @@ def _properties(args: argparse.Namespace) -> int:
         raise UserError("--max-records must be at least 1")
     if args.handler.count(":") != 1 or " " in args.handler:
         raise UserError(f"--handler {args.handler!r} is not MODULE:FUNCTION")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    # Where the stream is: boto3 here and the daemon's Java SDK both read these variables.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL")
     if args.stream_arn:
         arn = args.stream_arn
         arn_region = _arn_region(arn)  # a malformed ARN is refused, --region or not
