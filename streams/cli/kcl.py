@@ -14,12 +14,9 @@ import os
 import shlex
 import shutil
 import sys
-import zipfile
-from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,22 +27,11 @@ from streams.batch import RetryPolicy, StreamProcessor
 from streams.cli.common import load_handler
 from streams.deadletter import SqsDeadLetterQueue
 from streams.errors import UserError
+from streams.kcl.daemon import NOT_INSTALLED, daemon_command, jar_folder, properties_text
 
-__all__ = ["MULTILANG_DAEMON", "register"]
+__all__ = ["register"]
 
-MULTILANG_DAEMON = "software.amazon.kinesis.multilang.MultiLangDaemon"
-_MULTILANG_JAR_PREFIX = "amazon-kinesis-client-multilang-"
 _INITIAL_POSITIONS = ("TRIM_HORIZON", "LATEST")
-_HOW_TO_GET_JARS = (
-    "install amazon-kclpy where Maven Central is reachable (pip install 'streams[kcl]' builds it "
-    "and downloads the jars its pom.xml lists; KCL_MVN_REPO_SEARCH_URL points it at a mirror), "
-    "or pass --jars DIR with those jars"
-)
-
-_NOT_INSTALLED = (
-    "amazon-kclpy is not installed ({error}): install the kcl extra "
-    "(README, 'Running on a KCL fleet')"
-)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -172,7 +158,7 @@ def _kcl() -> ModuleType:
     try:
         from streams.kcl import processor as kcl
     except ImportError as error:
-        raise UserError(_NOT_INSTALLED.format(error=error)) from None
+        raise UserError(NOT_INSTALLED.format(error=error)) from None
     return kcl
 
 
@@ -221,28 +207,10 @@ def _properties(args: argparse.Namespace) -> int:
     }
     if args.max_records is not None:
         values["maxRecords"] = args.max_records
-    output.write_text(_properties_text(values), encoding="iso-8859-1")
+    output.write_text(properties_text(values), encoding="iso-8859-1")
     where = f"endpoint {endpoint}" if endpoint else f"AWS region {region}"
     print(f"wrote {output}: stream {arn}, application {args.application} ({where})")
     return 0
-
-
-def _properties_text(values: Mapping[str, str | int]) -> str:
-    lines = [
-        "# KCL MultiLangDaemon properties, written by `streams kcl properties`.",
-        "# Start the daemon with: streams kcl run --properties <this file>",
-        "# All settings: amazon-kclpy's samples/sample.properties.",
-    ]
-    lines += [f"{name} = {_escape(str(value))}" for name, value in values.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    """A value as java.util.Properties reads it (ISO 8859-1, backslash escapes)."""
-    return "".join(
-        "\\\\" if char == "\\" else char if " " <= char <= "~" else f"\\u{ord(char):04x}"
-        for char in value
-    )
 
 
 def _arn_region(arn: str) -> str:
@@ -270,23 +238,13 @@ def _run(args: argparse.Namespace) -> int:
     properties: Path = args.properties
     if not properties.is_file():
         raise UserError(f"no properties file {properties} (write one: streams kcl properties)")
-    jar_folder: Path = args.jars or Path(_helper().get_kcl_dir()) / "jars"
-    jars = kcl_jars(jar_folder)
-    # The jars of one folder only: amazon-kclpy's helper would append its own jars to --jars,
-    # mixing two KCL versions on one classpath. The properties file's folder comes last, as the
-    # helper puts it: the daemon looks the file up on the classpath before the file system.
-    classpath = [*jars, properties.absolute().parent]
     java = args.java or shutil.which("java") or "java"
-    command = [
-        java,
-        "-cp",
-        os.pathsep.join(str(entry) for entry in classpath),
-        MULTILANG_DAEMON,
-        "--properties-file",
-        str(properties),
-    ]
-    if args.log_configuration:
-        command += ["--log-configuration", str(args.log_configuration)]
+    command = daemon_command(
+        properties,
+        jars=args.jars or jar_folder(),
+        java=java,
+        log_configuration=args.log_configuration,
+    )
     if args.print:
         print(shlex.join(command))
         return 0
@@ -296,34 +254,3 @@ def _run(args: argparse.Namespace) -> int:
             f"{java!r} not found: the MultiLangDaemon needs a Java runtime (pass --java PATH)"
         )
     os.execv(executable, command)
-
-
-def kcl_jars(folder: Path) -> list[Path]:
-    """The KCL jars in `folder`; a `UserError` if the daemon's jar is missing or one is no jar."""
-    jars = sorted(folder.glob("*.jar"))
-    if not any(jar.name.startswith(_MULTILANG_JAR_PREFIX) for jar in jars):
-        raise UserError(
-            f"the KCL jars are missing from {folder} (no {_MULTILANG_JAR_PREFIX}*.jar): "
-            + _HOW_TO_GET_JARS
-        )
-    for jar in jars:
-        try:
-            with zipfile.ZipFile(jar):
-                pass
-        except (zipfile.BadZipFile, OSError) as error:
-            raise UserError(
-                f"{jar} is not a jar (it does not open as a zip archive: {error}): "
-                + _HOW_TO_GET_JARS
-            ) from None
-    return jars
-
-
-def _helper() -> Any:
-    """amazon-kclpy's amazon_kclpy_helper (it knows where the package keeps its jars)."""
-    try:
-        from samples import (  # type: ignore[import-untyped]
-            amazon_kclpy_helper,
-        )
-    except ImportError as error:
-        raise UserError(_NOT_INSTALLED.format(error=error)) from None
-    return amazon_kclpy_helper
