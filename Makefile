@@ -39,7 +39,16 @@ $(CHECKOV_STAMP): requirements/checkov.txt | $(BIN)/python
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements/checkov.txt
 	touch $@
 
-test: $(STAMP) $(CHECKOV_STAMP)
+# kinesis-mock (npm kinesis-local), a second Kinesis for the tests only: pinned by its
+# package-lock.json, installed into its own folder, and again whenever the lock changes.
+KINESIS_MOCK := tests/engines/kinesis-mock
+KINESIS_MOCK_STAMP := $(KINESIS_MOCK)/node_modules/.installed
+
+$(KINESIS_MOCK_STAMP): $(KINESIS_MOCK)/package.json $(KINESIS_MOCK)/package-lock.json
+	cd $(KINESIS_MOCK) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(STAMP) $(CHECKOV_STAMP) $(KINESIS_MOCK_STAMP)
 	$(BIN)/ruff check streams processor tests bench
 	$(BIN)/ruff format --check streams processor tests bench
 	$(BIN)/mypy
@@ -51,7 +60,7 @@ demo: $(STAMP)
 	$(BIN)/streams demo
 
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache $(KINESIS_MOCK)/node_modules
 
 # Called by `sam build` (template.yaml: BuildMethod makefile) with ARTIFACTS_DIR set, once per
 # function. What ships to Lambda is a list of folders, each taken without its sub-folders: the

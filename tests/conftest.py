@@ -1,7 +1,8 @@
 """Shared fixtures: moto's server on 127.0.0.1 (a free port) as the embedded AWS endpoint.
 
 Every test runs with fake credentials and `AWS_ENDPOINT_URL` pointing at that server, so no
-test can reach a real AWS account even by accident.
+test can reach a real AWS account even by accident. `kinesis_mock` is a second Kinesis
+(kinesis-mock, `tests/engines/kinesis_mock.py`) on 127.0.0.1, for the tests that run on both.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import boto3
 import pytest
 
 from streams.local.endpoint import start_endpoint
+from tests.engines.kinesis_mock import KinesisMock
 
 REGION = "us-east-1"
 
@@ -94,3 +96,13 @@ def lambda_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [venv / "bin/python", "-m", "pip", "install", "--quiet", "boto3"], check=True, env=env
     )
     return venv / "bin/python"
+
+
+@pytest.fixture(scope="session")
+def kinesis_mock() -> Iterator[str]:
+    """kinesis-mock, started once per test session on 127.0.0.1: its endpoint URL."""
+    server = KinesisMock()
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
