@@ -26,6 +26,7 @@ from streams.mapping import (
     NotInvoked,
 )
 from streams.mapping.invoke import InvokeResult
+from streams.sources.base import Shard
 from tests.test_mapping_support import (
     FUNCTION_ARN,
     START,
@@ -338,6 +339,67 @@ def test_a_parent_shard_is_finished_before_any_of_its_children_starts() -> None:
     assert sorted(recorder.delivered()) == sorted(owner)
     assert all(result.checkpoints.finished(shard) for shard in ("parent", "left", "right"))
     assert not result.checkpoints.finished("merged")
+
+
+class _SlowSecondListing(MemorySource):
+    """A source whose listing after the first finished shard is slow: it returns only once the
+    second shard has finished too, and many fake seconds later (kinesis-mock's ListShards can
+    take longer than a FastClock idle period). "right" is read only after "left" finished."""
+
+    def __init__(self, clock: FastClock) -> None:
+        super().__init__()
+        self.finished: list[str] = []
+        self._clock = clock
+        self._cond = threading.Condition()
+
+    def shard_finished(self, shard_id: str) -> None:
+        with self._cond:
+            self.finished.append(shard_id)
+            self._cond.notify_all()
+
+    def hold_right_until_left_finished(self, shard_id: str, limit: int, returned: int) -> None:
+        if shard_id == "right":
+            with self._cond:
+                self._cond.wait_for(lambda: "left" in self.finished, timeout=10)
+            self._clock.sleep(5)  # the mapping sees "left" finished and lists the stream
+
+    def list_shards(self) -> list[Shard]:
+        with self._cond:
+            if len(self.finished) == 1:
+                self._cond.wait_for(lambda: len(self.finished) == 2, timeout=10)
+                self._clock.sleep(60)  # a minute of fake time: far past the idle period
+        return super().list_shards()
+
+
+class _FinishJournal(MemoryCheckpointStore):
+    def __init__(self, source: _SlowSecondListing) -> None:
+        super().__init__()
+        self._source = source
+
+    def put(self, shard_id: str, sequence_number: str | None, shard_finished: bool) -> None:
+        super().put(shard_id, sequence_number, shard_finished)
+        if shard_finished:
+            self._source.shard_finished(shard_id)
+
+
+def test_a_shard_finishing_while_the_stream_is_listed_still_gets_its_child_started() -> None:
+    # Both parents of a merge finish, the second while the stream is being listed after the
+    # first: the mapping must start their child before it may count as idle.
+    clock = FastClock()
+    source = _SlowSecondListing(clock)
+    for index, parent in enumerate(("left", "right")):
+        source.add_shard(parent)
+        source.put(parent, *_records(2, first=10 * (index + 1)))
+        source.close(parent)
+    source.add_shard("merged", parents=["left", "right"])
+    source.put("merged", *_records(2, first=40))
+    source.on_read = source.hold_right_until_left_finished
+    recorder = Recorder()
+
+    run({}, source, recorder, clock=clock, checkpoints=_FinishJournal(source))
+
+    assert sorted(source.finished) == ["left", "right"]
+    assert sorted(recorder.delivered()) == seq(10, 11, 20, 21, 40, 41)
 
 
 def test_shards_that_appear_while_running_are_read_from_their_start_even_at_latest() -> None:

@@ -280,6 +280,8 @@ class EventSourceMapping:
         """Seconds every shard has been idle, or 0 while one is busy."""
         latest = self._last_change
         for worker in self._workers.values():
+            if worker.finished:
+                return 0.0  # not reaped yet: once it is, its children may start
             since = worker.idle_since()
             if since is None:
                 return 0.0
