@@ -8,6 +8,7 @@ clients: the request still goes to moto unless the hook fails it first.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,6 +90,14 @@ class Sleeps:
 
     def __call__(self, seconds: float) -> None:
         self.seconds.append(seconds)
+
+
+def _ended_lines(caplog: pytest.LogCaptureFixture, shard_id: str) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.getMessage().startswith(f"shard {shard_id}: ended")
+    ]
 
 
 # --- one shard of each kind ---------------------------------------------------------------
@@ -306,8 +315,11 @@ def test_an_open_shard_does_not_end_when_its_reader_is_caught_up(stream: Stream)
     assert not any(result.shard_ended for result in results)
 
 
-def test_the_aws_signal_of_no_next_iterator_ends_the_shard(stream: Stream) -> None:
+def test_the_aws_signal_of_no_next_iterator_ends_the_shard(
+    stream: Stream, caplog: pytest.LogCaptureFixture
+) -> None:
     stream.write(3)
+    caplog.set_level(logging.INFO, logger="streams.sources.reader")
 
     def at_the_end(parsed: dict[str, Any], params: dict[str, Any]) -> None:
         parsed.pop("NextShardIterator", None)
@@ -321,6 +333,8 @@ def test_the_aws_signal_of_no_next_iterator_ends_the_shard(stream: Stream) -> No
     assert len(last.records) == 3 and last.shard_ended
     assert after == ReadResult(records=[], shard_ended=True)
     assert len(stream.hooks.params("GetRecords")) == 1  # an ended reader makes no more calls
+    (line,) = _ended_lines(caplog, stream.shard_id)  # said once, with the rule that ended it
+    assert "AWS's signal: no NextShardIterator" in line
 
 
 def test_readers_list_the_stream_for_closed_shards_at_most_once_per_refresh_interval(
@@ -346,7 +360,7 @@ def test_readers_list_the_stream_for_closed_shards_at_most_once_per_refresh_inte
 # --- DynamoDB Streams ---------------------------------------------------------------------
 
 
-def test_dynamodb_parent_is_read_to_its_ending_sequence_number_before_its_child_starts(
+def test_dynamodb_parent_is_read_past_its_ending_sequence_number_before_its_child_starts(
     aws: boto3.Session, unique_name: str
 ) -> None:
     # GIVEN moto's one shard presented as a closed parent on DescribeStream's first page and a
@@ -378,15 +392,17 @@ def test_dynamodb_parent_is_read_to_its_ending_sequence_number_before_its_child_
     shards = stream.source.list_shards()
     first = startable_shards(shards, finished=set(), started=set())
     reader = stream.source.open(first[0].shard_id, Position("TRIM_HORIZON"))
-    batches = [reader.read(3), reader.read(3)]
+    batches = [reader.read(3), reader.read(3), reader.read(3)]
 
-    # THEN both pages were listed, only the parent could start, and it ended at its last record
+    # THEN both pages were listed, only the parent could start, and it ended on the empty read
+    # after its last record (moto sends no end-of-shard signal; the fallback never ends a
+    # shard on a read that returned records)
     assert stream.hooks.params("DescribeStream")[-1]["ExclusiveStartShardId"] == parent_id
     assert [shard.shard_id for shard in shards] == [parent_id, child_id]
     assert shards[1].parent_shard_ids == (parent_id,)
     assert first == [shards[0]]
-    assert [len(batch.records) for batch in batches] == [3, 1]
-    assert [batch.shard_ended for batch in batches] == [False, True]
+    assert [len(batch.records) for batch in batches] == [3, 1, 0]
+    assert [batch.shard_ended for batch in batches] == [False, False, True]
     assert startable_shards(shards, finished={parent_id}, started={parent_id}) == [shards[1]]
 
 
@@ -453,7 +469,7 @@ def test_kinesis_list_shards_pages_with_next_token_alone(
     assert all(set(params) == {"NextToken", "MaxResults"} for params in sent[1:])
 
 
-def test_kinesis_split_closes_the_parent_which_ends_after_its_last_record(
+def test_kinesis_split_closes_the_parent_which_ends_on_the_empty_read_after_its_last_record(
     aws: boto3.Session, unique_name: str
 ) -> None:
     stream = _kinesis_stream(aws, unique_name, READER_BACKOFF)
@@ -468,15 +484,16 @@ def test_kinesis_split_closes_the_parent_which_ends_after_its_last_record(
 
     shards = stream.source.list_shards()
     reader = stream.source.open(parent_id, Position("TRIM_HORIZON"))
-    batches = [reader.read(3), reader.read(3)]
+    batches = [reader.read(3), reader.read(3), reader.read(3)]
 
     parent = _kinesis_shard(shards, parent_id)
     children = [shard for shard in shards if shard.parent_shard_ids == (parent_id,)]
     assert parent.closed and len(children) == 2
     assert not any(child.closed for child in children)
     assert startable_shards(shards, finished=set(), started=set()) == [parent]
-    assert [len(batch.records) for batch in batches] == [3, 2]
-    assert [batch.shard_ended for batch in batches] == [False, True]
+    # moto sends no end-of-shard signal: the parent ends on the empty read after its last record
+    assert [len(batch.records) for batch in batches] == [3, 2, 0]
+    assert [batch.shard_ended for batch in batches] == [False, False, True]
     assert startable_shards(shards, finished={parent_id}, started={parent_id}) == children
 
 
@@ -499,22 +516,27 @@ def test_kinesis_merge_gives_the_child_two_parents_and_it_waits_for_both(
 
 
 def test_kinesis_an_empty_closed_shard_ends_on_its_first_read(
-    aws: boto3.Session, unique_name: str
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # moto lists an empty closed shard as starting and ending at "0": nothing says where the
+    # reader is against that, and moto sends no end-of-shard signal: the tip decides.
     stream = _kinesis_stream(aws, unique_name, READER_BACKOFF)
     parent_id = stream.shard_id
     aws.client("kinesis").update_shard_count(
         StreamARN=stream.source.source_arn, TargetShardCount=2, ScalingType="UNIFORM_SCALING"
     )
     stream.source.list_shards()
+    caplog.set_level(logging.INFO, logger="streams.sources.reader")
 
     result = stream.source.open(parent_id, Position("TRIM_HORIZON")).read(10)
 
     assert result.records == [] and result.shard_ended
+    (line,) = _ended_lines(caplog, parent_id)
+    assert "0 ms behind its tip" in line
 
 
 def test_kinesis_child_shards_in_a_reply_end_the_shard(
-    aws: boto3.Session, unique_name: str
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     stream = _kinesis_stream(aws, unique_name, READER_BACKOFF)
     stream.write(2)
@@ -530,9 +552,13 @@ def test_kinesis_child_shards_in_a_reply_end_the_shard(
 
     stream.hooks.edit_replies("GetRecords", closed)
 
+    caplog.set_level(logging.INFO, logger="streams.sources.reader")
+
     result = stream.source.open(stream.shard_id, Position("TRIM_HORIZON")).read(10)
 
     assert len(result.records) == 2 and result.shard_ended
+    (line,) = _ended_lines(caplog, stream.shard_id)
+    assert "AWS's signal: ChildShards" in line
 
 
 def test_kinesis_at_timestamp_passes_the_time_and_starts_there(
@@ -584,6 +610,138 @@ def test_kinesis_invoke_identity_can_be_chosen(aws: boto3.Session, unique_name: 
     (record,) = source.open(stream.shard_id, Position("TRIM_HORIZON")).read(1).records
 
     assert record["invokeIdentityArn"] == role
+
+
+# --- the end of a shard: on evidence -----------------------------------------------------
+
+
+def _closed_parent(aws: boto3.Session, unique_name: str, records: int) -> tuple[Stream, str]:
+    """A Kinesis stream on moto whose one shard holds `records` and is closed by a split."""
+    stream = _kinesis_stream(aws, unique_name, READER_BACKOFF)
+    stream.write(records)
+    parent_id = stream.shard_id
+    aws.client("kinesis").split_shard(
+        StreamARN=stream.source.source_arn, ShardToSplit=parent_id, NewStartingHashKey=str(2**127)
+    )
+    stream.source.list_shards()  # the source's clock stands still: its readers keep this listing
+    return stream, parent_id
+
+
+def _listed_ending(stream: Stream, shard_id: str, ending: str) -> None:
+    """Make every listing show `shard_id` closed at `ending`, and list the stream again."""
+
+    def edit(parsed: dict[str, Any], params: dict[str, Any]) -> None:
+        for shard in parsed["Shards"]:
+            if shard["ShardId"] == shard_id:
+                shard["SequenceNumberRange"]["EndingSequenceNumber"] = ending
+
+    stream.hooks.edit_replies("ListShards", edit)
+    stream.source.list_shards()
+
+
+def test_a_closed_shard_never_ends_on_a_read_that_returned_records(
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a closed shard whose listing says it ends at its first record, though it holds five
+    stream, parent_id = _closed_parent(aws, unique_name, 5)
+    first = stream.source.open(parent_id, Position("TRIM_HORIZON")).read(1)
+    _listed_ending(stream, parent_id, stream.sequence_numbers(first)[0])
+    caplog.set_level(logging.INFO, logger="streams.sources.reader")
+    reader = stream.source.open(parent_id, Position("TRIM_HORIZON"))
+
+    # WHEN it is read past that number (moto sends no end-of-shard signal)
+    results = [reader.read(2) for _ in range(4)]
+
+    # THEN it ends only on the first read that found nothing, after all five
+    assert [len(result.records) for result in results] == [2, 2, 1, 0]
+    assert [result.shard_ended for result in results] == [False, False, False, True]
+    (line,) = _ended_lines(caplog, parent_id)
+    assert "EndingSequenceNumber" in line
+
+
+def test_a_listed_ending_sequence_number_below_the_start_is_never_trusted(
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a closed shard listed with an ending number below its start (kinesis-mock lists
+    # 9223372036854775807 below its 56-digit numbers), and an empty page in the middle of the
+    # shard (AWS returns those, with a next iterator that still points before the rest)
+    stream, parent_id = _closed_parent(aws, unique_name, 5)
+    _listed_ending(stream, parent_id, "0")  # moto's numbers start at 1
+    gaps = iter([False, True])
+
+    def gap(parsed: dict[str, Any], params: dict[str, Any]) -> None:
+        if next(gaps, False):
+            parsed["Records"] = []
+            parsed["NextShardIterator"] = params["ShardIterator"]
+            parsed["MillisBehindLatest"] = 5000
+
+    stream.hooks.edit_replies("GetRecords", gap)
+    caplog.set_level(logging.INFO, logger="streams.sources.reader")
+    reader = stream.source.open(parent_id, Position("TRIM_HORIZON"))
+
+    # WHEN it is read (the reader has passed "0" at once)
+    results = [reader.read(3) for _ in range(4)]
+
+    # THEN the empty page did not end it; the empty read at its tip did
+    assert [len(result.records) for result in results] == [3, 0, 2, 0]
+    assert [result.shard_ended for result in results] == [False, False, False, True]
+    (line,) = _ended_lines(caplog, parent_id)
+    assert "0 ms behind its tip" in line
+    distrust = [r for r in caplog.records if "below its StartingSequenceNumber" in r.getMessage()]
+    assert len(distrust) == 1  # said once, though consulted on both empty reads
+
+
+def test_a_closed_shard_read_short_of_its_listed_end_waits_even_at_its_tip(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    # The listing says records remain up to a number the reader has not reached: an empty read
+    # at the tip does not end the shard. (Kinesis documents the listed range as the shard's
+    # possible numbers, so on AWS it may end beyond the last record: AWS's signal ends those.)
+    stream, parent_id = _closed_parent(aws, unique_name, 2)
+    _listed_ending(stream, parent_id, "3")
+    reader = stream.source.open(parent_id, Position("TRIM_HORIZON"))
+
+    results = [reader.read(10), reader.read(10)]
+
+    assert [len(result.records) for result in results] == [2, 0]
+    assert not any(result.shard_ended for result in results)
+
+
+def test_kinesis_mock_closed_shards_end_on_aws_signal_despite_their_listed_ending(
+    kinesis_mock: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # kinesis-mock lists the closed parent ending at 9223372036854775807, below its records'
+    # numbers; read three at a time, it must still give up all ten, then end on ChildShards.
+    client = boto3.Session().client("kinesis", endpoint_url=kinesis_mock)
+    client.create_stream(StreamName=unique_name, ShardCount=1)
+    client.get_waiter("stream_exists").wait(
+        StreamName=unique_name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100}
+    )
+    client.put_records(
+        StreamName=unique_name,
+        Records=[{"Data": str(n).encode(), "PartitionKey": f"k{n}"} for n in range(10)],
+    )
+    arn = client.describe_stream_summary(StreamName=unique_name)["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    source = KinesisStreamSource(arn, client=client, shard_refresh_seconds=0.0)
+    (parent,) = source.list_shards()
+    client.split_shard(
+        StreamName=unique_name, ShardToSplit=parent.shard_id, NewStartingHashKey=str(2**127)
+    )
+    listed = {shard.shard_id: shard for shard in source.list_shards()}[parent.shard_id]
+    caplog.set_level(logging.INFO, logger="streams.sources.reader")
+    reader = source.open(parent.shard_id, Position("TRIM_HORIZON"))
+
+    results = [reader.read(3) for _ in range(4)]
+    client.close()
+
+    assert listed.ending_sequence_number == "9223372036854775807"
+    assert int(listed.ending_sequence_number) < int(listed.starting_sequence_number)
+    assert [len(result.records) for result in results] == [3, 3, 3, 1]
+    assert [result.shard_ended for result in results] == [False, False, False, True]
+    (line,) = _ended_lines(caplog, parent.shard_id)
+    assert "AWS's signal: ChildShards" in line
 
 
 # --- positions and lineage without a stream -----------------------------------------------

@@ -68,8 +68,9 @@ class ReadResult:
     """One poll of a shard.
 
     `records` are Lambda-shaped record dicts in sequence-number order. `shard_ended` is True
-    once the reader has passed the last record of a closed shard (AWS: a null next iterator or
-    `ChildShards`; moto: the shard's `EndingSequenceNumber` reached). `throttled` is True when
+    once the reader has passed the last record of a closed shard: on AWS's signal (a null next
+    iterator, or `ChildShards`), or, from an endpoint that never sends it, on evidence that
+    cannot skip a record (`streams.sources.reader`). `throttled` is True when
     the read was throttled even after botocore's retries: the reader has already waited its
     backoff, `records` is empty, and the next `read` tries again from the same place.
     """

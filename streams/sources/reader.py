@@ -3,9 +3,24 @@
 A reader keeps one shard iterator and its own position (the last record it returned). Each
 `read` is one `GetRecords` call of at most `limit` records, so memory never depends on the
 backlog. It renews an expired iterator from its position, waits out throttling with backoff,
-and decides when a closed shard has ended, by AWS's own signal (no next iterator, or
-`ChildShards`) or, where the endpoint never gives that signal (moto), by the shard's
-`EndingSequenceNumber` as the stream lists it.
+and decides when a closed shard has ended.
+
+A shard ends on evidence. The evidence is AWS's own signal: a page without a next iterator
+(both services) or with `ChildShards` (Kinesis). Some endpoints never send it (moto's Kinesis
+keeps handing out iterators at the end of a closed shard), so two fallbacks exist, built so
+that neither can skip a record on any endpoint:
+
+- both act only on a read that returned nothing, so a shard never ends while reads still
+  return records, and only on a shard the stream lists as closed;
+- *ending sequence number*: the reader has read through the shard's listed
+  `EndingSequenceNumber`. A listed number below the shard's `StartingSequenceNumber` is not
+  evidence of anything (kinesis-mock lists every closed shard with 9223372036854775807, below
+  its own 56-digit numbers) and is never trusted;
+- *tip of a closed shard* (Kinesis): the read was 0 ms behind the tip (`MillisBehindLatest`:
+  "no new records to process at this moment"), used only where the ending number cannot
+  decide: it is not trusted, or the reader has read nothing yet.
+
+The reader logs, once, which of these ended its shard.
 """
 
 from __future__ import annotations
@@ -123,6 +138,7 @@ class StreamShardReader:
         self._last_sequence_number: str | None = None
         self._throttled_reads = 0
         self._ended = False
+        self._distrusted_ending: str | None = None  # the listed number not trusted, once logged
 
     def _resume_position(self) -> Position:
         if self._last_sequence_number is None:
@@ -186,8 +202,10 @@ class StreamShardReader:
         if page.last_sequence_number is not None:
             self._last_sequence_number = page.last_sequence_number
         self._iterator = page.next_iterator
-        self._ended = self._shard_has_ended(page)
-        if self._ended:
+        rule = self._end_rule(page)
+        if rule is not None:
+            logger.info("shard %s: ended (%s)", self._shard_id, rule)
+            self._ended = True
             self._iterator = None
         return ReadResult(
             records=page.records,
@@ -195,18 +213,48 @@ class StreamShardReader:
             millis_behind_latest=page.millis_behind_latest,
         )
 
-    def _shard_has_ended(self, page: Page) -> bool:
-        # AWS's signal: a closed shard read to its end has no next iterator (Kinesis also
-        # names the children).
-        if page.next_iterator is None or page.has_child_shards:
-            return True
-        # moto never gives that signal: compare with the shard's EndingSequenceNumber. The
-        # listing is refreshed (at most every `max_age`) only when a read found nothing new.
-        shard = self._directory.shard(self._shard_id, refresh_if_stale=not page.records)
+    def _end_rule(self, page: Page) -> str | None:
+        """The evidence that this page ends the shard, described; None while it goes on."""
+        # AWS's signal: a closed shard read to its end has no next iterator; Kinesis also
+        # names the children.
+        if page.has_child_shards:
+            return "AWS's signal: ChildShards"
+        if page.next_iterator is None:
+            return "AWS's signal: no NextShardIterator"
+        # The fallbacks (module docstring). Never on a read that returned records; the listing
+        # is refreshed (at most every `max_age`) only here.
+        if page.records:
+            return None
+        shard = self._directory.shard(self._shard_id, refresh_if_stale=True)
         if shard is None or shard.ending_sequence_number is None:
-            return False
+            return None  # open: an empty read only means caught up
+        ending = self._trusted_ending(shard, shard.ending_sequence_number)
         consumed = self._consumed_through()
-        if consumed is not None and consumed >= int(shard.ending_sequence_number):
-            return True
-        # Kinesis: nothing returned and nothing behind the tip of a closed shard.
-        return not page.records and page.millis_behind_latest == 0
+        if ending is not None and consumed is not None:
+            if consumed >= ending:
+                return (
+                    f"read through its listed EndingSequenceNumber {ending}, then an empty "
+                    "read: the endpoint sent no end-of-shard signal"
+                )
+            return None  # the listing says records up to `ending` remain
+        if page.millis_behind_latest == 0:
+            return (
+                "listed closed, and an empty read 0 ms behind its tip: the endpoint sent no "
+                "end-of-shard signal"
+            )
+        return None
+
+    def _trusted_ending(self, shard: Shard, listed: str) -> int | None:
+        """The shard's listed `EndingSequenceNumber` if it can be evidence, else None."""
+        if int(listed) >= int(shard.starting_sequence_number):
+            return int(listed)
+        if self._distrusted_ending != listed:
+            self._distrusted_ending = listed
+            logger.info(
+                "shard %s: listed EndingSequenceNumber %s is below its StartingSequenceNumber "
+                "%s: not used to decide where the shard ends",
+                self._shard_id,
+                listed,
+                shard.starting_sequence_number,
+            )
+        return None
