@@ -4,6 +4,7 @@
   lineage, time and throttling, which moto cannot show (ENVIRONMENT.md).
 - `FastClock`: epoch time running faster than real time, so minutes pass in milliseconds.
 - `Recorder`: an invoker that runs a Python function in-process and keeps every event.
+- `Journal` and `OpenLogged`: log when shards are finished and opened, for lineage order.
 - Record factories in the exact Lambda shapes of docs/esm.md section 5.
 """
 
@@ -30,7 +31,14 @@ from streams.mapping import (
 )
 from streams.mapping.invoke import event_json
 from streams.sources import DynamoDBStreamSource, KinesisStreamSource
-from streams.sources.base import EventSource, Position, ReadResult, Shard, ShardSource
+from streams.sources.base import (
+    EventSource,
+    Position,
+    ReadResult,
+    Shard,
+    ShardReader,
+    ShardSource,
+)
 
 DYNAMODB_ARN = (
     "arn:aws:dynamodb:us-east-1:123456789012:table/Children/stream/2026-11-22T00:00:00.000"
@@ -330,6 +338,39 @@ def seq(*numbers: int, kind: EventSource = "aws:dynamodb") -> list[str]:
     """Sequence numbers as the factories write them."""
     width = 21 if kind == "aws:dynamodb" else 56
     return [f"{number:0{width}d}" for number in numbers]
+
+
+# --- the order of events across shards -----------------------------------------------------
+
+
+class Journal(MemoryCheckpointStore):
+    """Checkpoints in memory that log `("finished", shard_id)` when a shard is finished."""
+
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._log = log
+
+    def put(self, shard_id: str, sequence_number: str | None, shard_finished: bool) -> None:
+        super().put(shard_id, sequence_number, shard_finished)
+        if shard_finished:
+            self._log.append(("finished", shard_id))
+
+
+class OpenLogged:
+    """A shard source that logs `("open", shard_id)` when a reader starts on a shard."""
+
+    def __init__(self, source: ShardSource, log: list[tuple[str, str]]) -> None:
+        self.event_source = source.event_source
+        self.source_arn = source.source_arn
+        self._source = source
+        self._log = log
+
+    def list_shards(self) -> list[Shard]:
+        return self._source.list_shards()
+
+    def open(self, shard_id: str, position: Position) -> ShardReader:
+        self._log.append(("open", shard_id))
+        return self._source.open(shard_id, position)
 
 
 # --- running a mapping --------------------------------------------------------------------
