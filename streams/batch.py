@@ -19,15 +19,20 @@ the record to checkpoint *after*).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 import os
 import random as _random
+import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -44,6 +49,7 @@ from streams.deadletter import (
     SqsDeadLetterQueue,
 )
 from streams.metrics import DEFAULT_NAMESPACE, DEFAULT_SERVICE, FunctionMetricName
+from streams.parallel import KeyedSchedule, State
 from streams.queues import SQS_BATCH_ENTRIES
 from streams.records import RecordDecodeError, StreamRecord, parse_records
 
@@ -153,6 +159,9 @@ class BatchResult:
     stop_cause: StopCause | None = None
     parked: tuple[DeadLetter, ...] = ()
     retries: int = 0
+    #: Records after `failed_record` already handled (only with `concurrency` above 1): they
+    #: are delivered again with it, at most `concurrency - 1` of them.
+    repeats: int = 0
 
     @property
     def failed_record(self) -> StreamRecord | None:
@@ -174,22 +183,28 @@ class BatchResult:
 
 @dataclass
 class _HaltCounter:
-    """Consecutive failures of one exception type, across invocations of the warm process."""
+    """Consecutive failures of one exception type, across invocations of the warm process,
+    counted in the order records complete (thread-safe: records of different keys complete
+    at once with `concurrency`)."""
 
     limit: int | None
     error_type: str | None = None
     count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def success(self) -> None:
-        self.error_type, self.count = None, 0
+        with self._lock:
+            self.error_type, self.count = None, 0
 
-    def failure(self, error_type: str) -> bool:
-        """Count one failure; True when the limit is reached."""
-        if error_type == self.error_type:
-            self.count += 1
-        else:
-            self.error_type, self.count = error_type, 1
-        return self.limit is not None and self.count >= self.limit
+    def failure(self, error_type: str) -> int | None:
+        """Count one failure; the count when it reaches the limit, else None."""
+        with self._lock:
+            if error_type == self.error_type:
+                self.count += 1
+            else:
+                self.error_type, self.count = error_type, 1
+            reached = self.limit is not None and self.count >= self.limit
+            return self.count if reached else None
 
 
 class _Deadline:
@@ -221,6 +236,98 @@ class _Counters:
     retries: int = 0
 
 
+class _Concurrent:
+    """One batch under `concurrency` above 1: the schedule and what the records came to.
+
+    Its driver holds a lock around every call (threads), or runs it on one event loop.
+    """
+
+    def __init__(
+        self, core: StreamProcessor, records: Sequence[StreamRecord], deadline: _Deadline
+    ) -> None:
+        self.records = records
+        self.schedule = KeyedSchedule(records, core.concurrency)
+        self.counters = _Counters()
+        self.pending: list[tuple[int, DeadLetter]] = []
+        self.parked: list[DeadLetter] = []
+        self.stop_cause: StopCause | None = None
+        self.repeats = 0
+        self._deadline = deadline
+        self.flushing = 0  # batches of letters being parked outside the driver's lock
+        self._time_up = False
+        self._unparked: int | None = None
+        self._failure: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Records run, or letters are being parked: the batch is not over."""
+        return self.schedule.running > 0 or self.flushing > 0
+
+    def start(self) -> int | None:
+        """The record to start now; None while none may (or ever will: time up, failed)."""
+        if self._deadline.timed and not self._deadline.allows():
+            self._time_up = True
+            self.schedule.halt()
+        return self.schedule.next()
+
+    def handled(self, position: int, recovery: _Recovery) -> list[tuple[int, DeadLetter]]:
+        """Take in a record's outcome; the letters to park now (10 gathered), if any."""
+        self.counters.retries += recovery.retries
+        if recovery.stop:
+            self.schedule.stopped(position)
+            return []
+        self.schedule.finished(position)
+        if recovery.letter is None:
+            self.counters.processed += 1
+            return []
+        self.pending.append((position, recovery.letter))
+        if len(self.pending) < SQS_BATCH_ENTRIES:
+            return []
+        full, self.pending = self.pending, []
+        self.flushing += 1
+        return full
+
+    def flushed(self, unparked: int | None) -> None:
+        """Letters `handled` handed out are parked; `unparked` is the first that was not."""
+        self.flushing -= 1
+        self._note(unparked)
+
+    def _note(self, unparked: int | None) -> None:
+        if unparked is not None:
+            self._unparked = unparked if self._unparked is None else min(self._unparked, unparked)
+
+    def raise_failure(self) -> None:
+        """Raise what failed the invocation (`Halted`, or a bug), if anything did."""
+        if self._failure is not None:
+            raise self._failure
+
+    def failed(self, position: int, error: BaseException) -> None:
+        self.schedule.stopped(position)
+        self.schedule.halt()
+        if self._failure is None:
+            self._failure = error
+
+    def result(self, unparked: int | None) -> BatchResult:
+        """The batch's result once nothing runs; `unparked` is the first record of the last
+        letters that could not be parked."""
+        self._note(unparked)
+        done = self.schedule.checkpoint
+        if self._unparked is not None and self._unparked < done:
+            done, self.stop_cause = self._unparked, "dead-letter"
+        elif done < len(self.records):
+            stopped = self.schedule.states[done] is State.STOPPED
+            self.stop_cause = "transient" if stopped or not self._time_up else "time"
+        self.repeats = self.schedule.done_after(done) if done < len(self.records) else 0
+        return BatchResult(
+            self.records,
+            done,
+            self.stop_cause,
+            tuple(self.parked),
+            self.counters.retries,
+            self.repeats,
+        )
+
+
 class StreamProcessor:
     """Runs a per-record handler over Lambda stream batches; see the module docstring.
 
@@ -241,6 +348,7 @@ class StreamProcessor:
         max_record_age: timedelta | _FromEnvironment | None = FROM_ENVIRONMENT,
         time_margin: float = 5.0,
         halt_after: int | None = None,
+        concurrency: int = 1,
         logger: Logger | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -249,7 +357,14 @@ class StreamProcessor:
     ) -> None:
         if halt_after is not None and halt_after < 1:
             raise ValueError("halt_after must be at least 1 (or None for off)")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be 1 or more, not {concurrency}")
         self.handler = handler
+        self.concurrency = concurrency
+        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            type(handler).__call__
+        )
+        self._threads: ThreadPoolExecutor | None = None  # made on first use, kept while warm
         self.dead_letters = (
             dead_letters if dead_letters is not None else SqsDeadLetterQueue.from_environment()
         )
@@ -274,16 +389,33 @@ class StreamProcessor:
         )
         self._clock = clock
         self._sleep = sleep
+        self._async_sleep: Callable[[float], Awaitable[None]] = (
+            asyncio.sleep if sleep is time.sleep else self._injected_sleep
+        )
         self._backoff = self.retry.backoff(random)
+
+    async def _injected_sleep(self, seconds: float) -> None:
+        self._sleep(seconds)  # a test's clock: it only advances time
 
     def process(self, event: object, context: object = None) -> dict[str, list[dict[str, str]]]:
         """Handle one Lambda stream event; returns the partial batch response."""
         return self.run(parse_records(event), context).lambda_response()
 
     def run(self, records: Sequence[StreamRecord], context: object = None) -> BatchResult:
-        """Handle records in order; the result says how far the batch got and why it stopped."""
+        """Handle records in order (per key, with `concurrency`); the result says how far the
+        batch got and why it stopped."""
         deadline = _Deadline(context, self.time_margin)
         function = FunctionInfo.from_context(context)
+        if self._is_async:
+            return asyncio.run(self._run_async(records, deadline, function))
+        if self.concurrency > 1:
+            return self._run_threads(records, deadline, function)
+        return self._run_in_order(records, deadline, function)
+
+    def _run_in_order(
+        self, records: Sequence[StreamRecord], deadline: _Deadline, function: FunctionInfo
+    ) -> BatchResult:
+        """One record after the other: the hot path of the default `concurrency`."""
         counters = _Counters()
         pending: list[tuple[int, DeadLetter]] = []
         parked: list[DeadLetter] = []
@@ -320,29 +452,139 @@ class StreamProcessor:
             unparked = self._flush(pending, parked)
             if unparked is not None and unparked < done:
                 done, stop_cause = unparked, "dead-letter"
-            result = BatchResult(records, done, stop_cause, tuple(parked), counters.retries)
-            if stop_cause is not None:
-                self._log_early_checkpoint(result)
-            return result
+            return self._finish(
+                BatchResult(records, done, stop_cause, tuple(parked), counters.retries)
+            )
         finally:
-            self._publish(records, counters, parked, stop_cause)
+            self._publish(records, counters, parked, stop_cause, 0)
 
-    def _recover(
+    def _handle(
+        self, record: StreamRecord, deadline: _Deadline, function: FunctionInfo
+    ) -> _Recovery:
+        """One record, its retries included (a driver of `concurrency` above 1)."""
+        try:
+            self.handler(record)
+        except Exception as error:
+            return self._recover(record, error, deadline, function)
+        if self._halt.count:
+            self._halt.success()
+        return _Recovery()
+
+    async def _handle_async(
+        self, record: StreamRecord, deadline: _Deadline, function: FunctionInfo
+    ) -> _Recovery:
+        try:
+            await cast(Awaitable[object], self.handler(record))
+        except Exception as error:
+            return await self._recover_async(record, error, deadline, function)
+        if self._halt.count:
+            self._halt.success()
+        return _Recovery()
+
+    def _run_threads(
+        self, records: Sequence[StreamRecord], deadline: _Deadline, function: FunctionInfo
+    ) -> BatchResult:
+        """Keys in parallel on `concurrency` threads (`streams.parallel` says which record
+        starts when). Each thread takes the next record itself as soon as one may start."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="streams")
+        run = _Concurrent(self, records, deadline)
+        changed = threading.Condition()
+
+        def handle(position: int) -> None:
+            try:
+                recovery = self._handle(records[position], deadline, function)
+            except BaseException as error:  # Halted, or a bug: the invocation fails
+                with changed:
+                    run.failed(position, error)
+                    changed.notify_all()
+                return
+            with changed:
+                full = run.handled(position, recovery)
+                changed.notify_all()
+            if full:
+                unparked = self._flush(full, run.parked)
+                with changed:
+                    run.flushed(unparked)
+                    changed.notify_all()
+
+        def work() -> None:
+            while True:
+                with changed:
+                    while (position := run.start()) is None:
+                        if not run.busy:
+                            return  # nothing runs, nothing may start: the batch is over
+                        changed.wait()
+                handle(position)
+
+        try:
+            # Each thread runs with this invocation's context (a RateLimit's time budget).
+            threads = min(self.concurrency, len(records))
+            for future in [
+                self._threads.submit(contextvars.copy_context().run, work) for _ in range(threads)
+            ]:
+                future.result()
+            run.raise_failure()  # the invocation fails: nothing more is parked
+            return self._finish(run.result(self._flush(run.pending, run.parked)))
+        finally:
+            self._publish(records, run.counters, run.parked, run.stop_cause, run.repeats)
+
+    async def _run_async(
+        self, records: Sequence[StreamRecord], deadline: _Deadline, function: FunctionInfo
+    ) -> BatchResult:
+        """Keys in parallel on one event loop, at most `concurrency` records in flight."""
+        run = _Concurrent(self, records, deadline)
+        changed = asyncio.Event()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def handle(position: int) -> None:
+            try:
+                recovery = await self._handle_async(records[position], deadline, function)
+            except BaseException as error:  # Halted, or a bug: the invocation fails
+                run.failed(position, error)
+                changed.set()
+                return
+            full = run.handled(position, recovery)
+            changed.set()
+            if full:
+                run.flushed(await asyncio.to_thread(self._flush, full, run.parked))
+                changed.set()
+
+        try:
+            while True:
+                while (position := run.start()) is not None:
+                    task = asyncio.create_task(handle(position))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if not run.busy:
+                    break
+                await changed.wait()
+                changed.clear()
+            run.raise_failure()  # the invocation fails: nothing more is parked
+            return self._finish(run.result(self._flush(run.pending, run.parked)))
+        finally:
+            self._publish(records, run.counters, run.parked, run.stop_cause, run.repeats)
+
+    def _recovery(
         self,
         record: StreamRecord,
         error: Exception,
         deadline: _Deadline,
         function: FunctionInfo,
-    ) -> _Recovery:
-        """After the handler failed on a record: park it, retry it in place, or stop here."""
+    ) -> Generator[float, Exception | None, _Recovery]:
+        """After the handler failed on a record: park it, retry it in place, or stop here.
+
+        The policy alone, for both drivers (`_recover`, `_recover_async`): it yields the delay
+        before each retry, and is sent what that retry raised (None: it succeeded).
+        """
         tries = 1
         while True:
             # Explicit poison and undecodable content never count towards halt_after.
             poison = isinstance(error, Poison | RecordDecodeError)
             if not poison and not self.is_transient(error):
-                if self._halt.failure(type(error).__name__):
+                if (count := self._halt.failure(type(error).__name__)) is not None:
                     raise Halted(
-                        f"{self._halt.count} consecutive {type(error).__name__} failures "
+                        f"{count} consecutive {type(error).__name__} failures "
                         f"(halt_after={self._halt.limit}): failing the invocation instead "
                         "of parking more records"
                     ) from error
@@ -359,15 +601,56 @@ class StreamProcessor:
                         self._letter(record, "too-old", error, tries, function), False, tries - 1
                     )
                 return _Recovery(None, True, tries - 1)
-            self._sleep(delay)
+            again = yield delay
             tries += 1
-            try:
-                self.handler(record)
-            except Exception as again:
-                error = again
-            else:
+            if again is None:
                 self._halt.success()
                 return _Recovery(None, False, tries - 1)
+            error = again
+
+    def _recover(
+        self,
+        record: StreamRecord,
+        error: Exception,
+        deadline: _Deadline,
+        function: FunctionInfo,
+    ) -> _Recovery:
+        steps = self._recovery(record, error, deadline, function)
+        try:
+            delay = next(steps)
+            while True:
+                self._sleep(delay)
+                try:
+                    self.handler(record)
+                except Exception as again:
+                    delay = steps.send(again)
+                else:
+                    delay = steps.send(None)
+        except StopIteration as finished:
+            recovery: _Recovery = finished.value
+            return recovery
+
+    async def _recover_async(
+        self,
+        record: StreamRecord,
+        error: Exception,
+        deadline: _Deadline,
+        function: FunctionInfo,
+    ) -> _Recovery:
+        steps = self._recovery(record, error, deadline, function)
+        try:
+            delay = next(steps)
+            while True:
+                await self._async_sleep(delay)
+                try:
+                    await cast(Awaitable[object], self.handler(record))
+                except Exception as again:
+                    delay = steps.send(again)
+                else:
+                    delay = steps.send(None)
+        except StopIteration as finished:
+            recovery: _Recovery = finished.value
+            return recovery
 
     def _too_old(self, record: StreamRecord) -> bool:
         if self.max_record_age is None:
@@ -430,6 +713,11 @@ class StreamProcessor:
         pending.clear()
         return first_unparked
 
+    def _finish(self, result: BatchResult) -> BatchResult:
+        if result.stop_cause is not None:
+            self._log_early_checkpoint(result)
+        return result
+
     def _log_early_checkpoint(self, result: BatchResult) -> None:
         failed = result.failed_record
         self.logger.warning(
@@ -437,6 +725,7 @@ class StreamProcessor:
             extra={
                 "cause": result.stop_cause,
                 "remaining": len(result.records) - result.done,
+                "deliveredAgain": result.repeats,
                 **(failed.log_fields() if failed is not None else {}),
             },
         )
@@ -447,6 +736,7 @@ class StreamProcessor:
         counters: _Counters,
         parked: Sequence[DeadLetter],
         stop_cause: StopCause | None,
+        repeats: int,
     ) -> None:
         parked_by_reason = Counter(letter.reason for letter in parked)
         metrics = self.metrics
@@ -460,6 +750,8 @@ class StreamProcessor:
         add("RecordsParked", len(parked))
         add("TransientRetries", counters.retries)
         add("EarlyCheckpoints", int(stop_cause is not None))
+        if self.concurrency > 1:
+            add("RecordsDeliveredAgain", repeats)
         if records:
             try:
                 created = records[-1].record_time

@@ -42,6 +42,7 @@ FunctionMetricName = Literal[
     "RecordsParked",
     "TransientRetries",
     "EarlyCheckpoints",
+    "RecordsDeliveredAgain",
     "IteratorAge",
 ]
 FUNCTION_METRICS: Final[tuple[FunctionMetricName, ...]] = get_args(FunctionMetricName)

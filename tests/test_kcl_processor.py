@@ -50,6 +50,7 @@ def make(
     *,
     sink: MemorySink | None = None,
     max_record_age: timedelta | None = timedelta(hours=6),
+    concurrency: int = 1,
     **kwargs: Any,
 ) -> KclRecordProcessor:
     core = StreamProcessor(
@@ -57,6 +58,7 @@ def make(
         dead_letters=sink if sink is not None else MemorySink(),
         retry=RetryPolicy(retries=0),
         max_record_age=max_record_age,
+        concurrency=concurrency,
         clock=clock,
         sleep=clock.sleep,
         logger=Logger(service=f"test-{uuid.uuid4().hex}", stream=io.StringIO()),
@@ -106,6 +108,32 @@ def test_held_record_is_rerun_after_growing_waits_until_it_succeeds() -> None:
     ]
     assert clock.sleeps == [0.5, 1.0, 2.0]
     assert handler.calls == [sequence(n) for n in (1, 2, 2, 2, 2, 3)]
+
+
+def test_with_concurrency_keys_run_at_once_and_the_shard_is_held_on_the_earliest_record() -> None:
+    # GIVEN records of three partition keys, and record 2 (key b) failing its first two tries
+    clock = FakeClock()
+    handler = ScriptedHandler({sequence(2): transient_on_calls(1, 2)})
+    processor = make(handler, clock, hold=Backoff(1.0, 30.0), concurrency=3)
+    keys = ["a", "b", "c", "a", "b", "c"]
+    batch = [record(n, partition_key=keys[n - 1]) for n in range(1, 7)]
+
+    written = drive(
+        processor,
+        process_records(*batch),
+        checkpoint_reply(checkpoint_request(1)),
+        checkpoint_reply(checkpoint_request(6)),
+    )
+
+    # THEN record 1 is checkpointed before the hold, and the batch after it
+    assert written[1] == checkpoint_request(1)
+    assert written[-2:] == [checkpoint_request(6), status("processRecords")]
+    # each key's records ran in order; record 2 ran three times, and nothing was skipped
+    for key in "abc":
+        mine = [sequence(n) for n in range(1, 7) if keys[n - 1] == key]
+        calls = [call for call in handler.calls if call in mine]
+        assert sorted(set(calls), key=calls.index) == mine, key
+    assert handler.calls.count(sequence(2)) == 3
 
 
 def test_a_record_held_past_the_age_limit_is_parked_too_old_and_the_batch_goes_on() -> None:

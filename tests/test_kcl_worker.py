@@ -214,6 +214,25 @@ def test_poison_record_is_parked_in_full_while_its_neighbours_are_processed_and_
     assert json.loads(base64.b64decode(record["kinesis"]["data"])) == {"poison": True}
 
 
+def test_the_worker_handles_partition_keys_at_once_with_concurrency(
+    start_worker: Any, journal: Path
+) -> None:
+    # GIVEN a worker with --concurrency 3, and records of three partition keys
+    worker = start_worker("--concurrency", "3")
+    keys = ["a", "b", "c"] * 4
+    worker.send(process_records(*(kcl_record(n, partition_key=keys[n - 1]) for n in range(1, 13))))
+
+    # THEN the batch is checkpointed at its end, every record handled once, in order per key
+    worker.expect_checkpoint(checkpoint_request(12))
+    assert worker.receive() == status("processRecords")
+    assert worker.close() == 0
+    seen = [entry["sequenceNumber"] for entry in handled(journal)]
+    assert sorted(seen) == [sequence(n) for n in range(1, 13)]
+    for key in "abc":
+        mine = [sequence(n) for n in range(1, 13) if keys[n - 1] == key]
+        assert [s for s in seen if s in mine] == mine
+
+
 def test_handler_sees_the_lambda_record_shape(start_worker: Any, journal: Path) -> None:
     worker = start_worker()
     record = kcl_record(1, partition_key="child-7", arrived=1_795_000_000.25)

@@ -113,7 +113,7 @@ def _summary(result: DemoResult) -> None:
     lines = [
         "",
         f"verified from the outputs (delivery table scan, dead-letter queue read), "
-        f"{result.seconds:.1f} s:",
+        f"{result.seconds:.1f} s, the function at concurrency {result.concurrency}:",
         f"  updates written        {v.updates:>8,}  for {v.children:,} children",
         f"  valid                  {v.valid:>8,}  -> newest per child in the delivery table: "
         f"{v.children_delivered:,} children",

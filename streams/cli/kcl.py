@@ -75,6 +75,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="first delay of the backoff between holds and checkpoint retries (default 1)",
     )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="records of different partition keys handled at once, in order per key (default 1)",
+    )
     worker.set_defaults(func=_worker)
 
     properties = commands.add_parser(
@@ -126,6 +133,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _worker(args: argparse.Namespace) -> int:
     if args.max_record_age < 0 or args.retries < 0 or args.backoff < 0:
         raise UserError("--max-record-age, --retries and --backoff must not be negative")
+    if args.concurrency < 1:
+        raise UserError(f"--concurrency must be 1 or more, not {args.concurrency}")
     kcl = _kcl()
     # First: nothing may write to the protocol stream, not even the handler module's import.
     protocol = kcl.claim_stdout()
@@ -140,6 +149,7 @@ def _worker(args: argparse.Namespace) -> int:
         dead_letters=dead_letters,
         retry=RetryPolicy(retries=args.retries),
         max_record_age=timedelta(seconds=args.max_record_age) if args.max_record_age else None,
+        concurrency=args.concurrency,
     )
     processor = kcl.KclRecordProcessor(
         core,

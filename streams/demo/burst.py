@@ -201,6 +201,8 @@ class DemoResult:
     chart: Path | None
     seconds: float
     endpoint_url: str
+    #: The function's `concurrency` (its `STREAMS_CONCURRENCY`, the template's `Concurrency`).
+    concurrency: int = 1
 
 
 class Demo:
@@ -320,7 +322,14 @@ class Demo:
             chart = write_chart(
                 sampler.history.samples, self.chart, title="The demo: iterator age and throughput"
             )
-        return DemoResult(verification, report, chart, time.monotonic() - start, endpoint.url)
+        return DemoResult(
+            verification,
+            report,
+            chart,
+            time.monotonic() - start,
+            endpoint.url,
+            int(mapping.function.environment.get("STREAMS_CONCURRENCY", "1")),
+        )
 
     def _progress(
         self,
