@@ -142,7 +142,7 @@ def walk(image: Any) -> int:
 class NullSink:
     """Nothing is parked in this workload; the sink is here to satisfy the core's contract."""
 
-    def park(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+    def park(self, letters: list[DeadLetter]) -> list[str | None]:
         raise AssertionError("the benchmark's records are all valid")
 
 

@@ -672,16 +672,6 @@ class StreamProcessor:
         function: FunctionInfo,
     ) -> DeadLetter:
         formatted = "".join(traceback.format_exception(error))
-        self.logger.error(
-            "record parked",
-            extra={
-                "reason": reason,
-                "errorType": type(error).__name__,
-                "errorMessage": str(error)[:1000],
-                "attempts": attempts,
-                **record.log_fields(),
-            },
-        )
         return DeadLetter(
             record=record,
             reason=reason,
@@ -699,12 +689,11 @@ class StreamProcessor:
         """Park what is pending; the position of the first record that could not be parked."""
         if not pending:
             return None
-        refused = {
-            id(letter) for letter in self.dead_letters.park([letter for _, letter in pending])
-        }
+        kept = self.dead_letters.park([letter for _, letter in pending])
         first_unparked: int | None = None
-        for position, letter in pending:
-            if id(letter) in refused:
+        for (position, letter), message_id in zip(pending, kept, strict=True):
+            self._log_parked(letter, message_id)
+            if message_id is None:
                 if first_unparked is None:
                     first_unparked = position
                 continue
@@ -717,6 +706,25 @@ class StreamProcessor:
         if result.stop_cause is not None:
             self._log_early_checkpoint(result)
         return result
+
+    def _log_parked(self, letter: DeadLetter, message_id: str | None) -> None:
+        """One line per record parked (or not). Ids, keys, reason and error type only: the
+        error's message can repeat attribute values, so it stays in the dead-letter message,
+        found by its id (`streams dlq show ID`)."""
+        fields = {
+            "reason": letter.reason,
+            "errorType": letter.error.type,
+            "attempts": letter.attempts,
+            **letter.record.log_fields(),
+        }
+        if message_id is None:
+            self.logger.error(
+                "record not parked: the dead-letter queue did not take it, so the batch "
+                "checkpoints at it",
+                extra=fields,
+            )
+        else:
+            self.logger.error("record parked", extra={**fields, "deadLetterMessageId": message_id})
 
     def _log_early_checkpoint(self, result: BatchResult) -> None:
         failed = result.failed_record

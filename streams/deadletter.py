@@ -140,8 +140,9 @@ def dead_letter_message(letter: DeadLetter) -> dict[str, Any]:
 class DeadLetterSink(Protocol):
     """Somewhere parked records are kept durably."""
 
-    def park(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
-        """Keep every letter durably; return those that could *not* be kept."""
+    def park(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+        """Keep every letter durably. One answer per letter, in order: the id it is kept under
+        (the SQS MessageId, which `streams dlq show` takes), or None where it could not be kept."""
         ...
 
 
@@ -230,11 +231,11 @@ class SqsDeadLetterQueue:
                 return SQS_CONSERVATIVE_MAX_BYTES
         return self._max_bytes
 
-    def park(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
-        failed: list[DeadLetter] = []
-        ready: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]] = []
+    def park(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+        kept: list[str | None] = [None] * len(letters)
+        ready: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]] = []
         limit = self.max_message_bytes
-        for letter in letters:
+        for position, letter in enumerate(letters):
             message = dead_letter_message(letter)
             body = json.dumps(message, separators=(",", ":"), default=str)
             attributes = _attributes(letter)
@@ -243,19 +244,19 @@ class SqsDeadLetterQueue:
             if size > limit:
                 pointer = self._overflow(letter, message, body)
                 if pointer is None:
-                    failed.append(letter)
                     continue
                 body = pointer
                 size = len(body.encode()) + attributes_size
             entry: SendMessageBatchRequestEntryTypeDef = {
-                "Id": str(len(ready)),
+                "Id": str(position),
                 "MessageBody": body,
                 "MessageAttributes": attributes,
             }
-            ready.append((letter, entry, size))
+            ready.append((position, entry, size))
         for chunk in _chunks(ready, limit):
-            failed.extend(self._send(chunk))
-        return failed
+            for entry_id, message_id in self._send([entry for _, entry, _ in chunk]).items():
+                kept[int(entry_id)] = message_id
+        return kept
 
     def _overflow(self, letter: DeadLetter, message: dict[str, Any], body: str) -> str | None:
         """Store the full message (`body`, `message` serialised) in S3 and return the pointer
@@ -288,22 +289,24 @@ class SqsDeadLetterQueue:
         pointer["overflow"] = {"bucket": self.bucket, "key": key}
         return json.dumps(pointer, separators=(",", ":"), default=str)
 
-    def _send(
-        self, chunk: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]]
-    ) -> list[DeadLetter]:
-        pending = {entry["Id"]: (letter, entry) for letter, entry, _ in chunk}
+    def _send(self, entries: list[SendMessageBatchRequestEntryTypeDef]) -> dict[str, str]:
+        """Send until SQS took every entry or the attempts are spent: the MessageId of each
+        entry it took, by entry Id."""
+        pending = {entry["Id"]: entry for entry in entries}
+        sent: dict[str, str] = {}
         for attempt in range(self._attempts):
             if attempt:
                 self._sleep(self._backoff.delay(attempt - 1))
             try:
                 response = self.sqs.send_message_batch(
-                    QueueUrl=self.queue_url, Entries=[entry for _, entry in pending.values()]
+                    QueueUrl=self.queue_url, Entries=list(pending.values())
                 )
             except (ClientError, BotoCoreError) as error:
                 _log.error("cannot send to the dead-letter queue: %s", error)
                 continue
             for done in response.get("Successful", []):
-                pending.pop(done["Id"], None)
+                if pending.pop(done["Id"], None) is not None:
+                    sent[done["Id"]] = done["MessageId"]
             for failure in response.get("Failed", []):
                 _log.error(
                     "the dead-letter queue refused a message: %s %s",
@@ -312,15 +315,15 @@ class SqsDeadLetterQueue:
                 )
             if not pending:
                 break
-        return [letter for letter, _ in pending.values()]
+        return sent
 
 
 def _chunks(
-    ready: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]], limit: int
-) -> list[list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]]]:
+    ready: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]], limit: int
+) -> list[list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]]]:
     """Groups of at most 10 entries whose sizes add up to at most `limit` bytes (SQS's rules)."""
-    chunks: list[list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]]] = []
-    current: list[tuple[DeadLetter, SendMessageBatchRequestEntryTypeDef, int]] = []
+    chunks: list[list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]]] = []
+    current: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]] = []
     total = 0
     for item in ready:
         size = item[2]

@@ -188,11 +188,11 @@ class Hydrator:
             )
             for record in records
         ]
-        refused = self.dead_letters.park(letters) if letters else []
+        refused = (self.dead_letters.park(letters) if letters else []).count(None)
         return HydrateOutcome(
-            parked=len(letters) - len(refused),
+            parked=len(letters) - refused,
             expired=max(0, batch.batch_size - len(records)),
-            refused=len(refused),
+            refused=refused,
         )
 
 

@@ -110,11 +110,16 @@ class MemorySink:
     kept: list[DeadLetter] = field(default_factory=list)
     calls: list[int] = field(default_factory=list)
 
-    def park(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+    def park(self, letters: Sequence[DeadLetter]) -> list[str | None]:
         self.calls.append(len(letters))
-        refused = [letter for letter in letters if self.refuse(letter)]
-        self.kept.extend(letter for letter in letters if not self.refuse(letter))
-        return refused
+        ids: list[str | None] = []
+        for letter in letters:
+            if self.refuse(letter):
+                ids.append(None)
+            else:
+                self.kept.append(letter)
+                ids.append(f"memory-{len(self.kept)}")
+        return ids
 
 
 @dataclass

@@ -6,6 +6,7 @@ import base64
 import copy
 import io
 import json
+import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_explicit_poison_is_parked_and_the_batch_goes_on() -> None:
     assert [(p.reason, p.attempts, p.error.type) for p in sink.kept] == [("poison", 1, "Poison")]
 
 
-def test_a_parked_record_is_logged_with_keys_and_never_with_its_images() -> None:
+def test_a_parked_record_is_logged_with_keys_and_its_dead_letter_id_never_with_its_images() -> None:
     log = io.StringIO()
     processor, _, _ = make(ScriptedHandler({"1": _raise(ValueError("boom"))}), log=log)
     processor.process(dynamodb_event(1, child="c-42"))
@@ -131,11 +132,92 @@ def test_a_parked_record_is_logged_with_keys_and_never_with_its_images() -> None
     assert entry["level"] == "ERROR"
     assert entry["reason"] == "poison"
     assert entry["errorType"] == "ValueError"
-    assert entry["errorMessage"] == "boom"
+    assert entry["deadLetterMessageId"] == "memory-1"
+    assert "errorMessage" not in entry
     assert entry["sequenceNumber"] == "1"
     assert entry["eventID"] == f"{1:032x}"
     assert entry["keys"] == {"childId": "c-42"}
     assert "do not log me" not in log.getvalue()
+
+
+# Attribute values no log line may carry: each is distinctive, so a match is a leak.
+_BAD_VALUES: dict[str, dict[str, Any]] = {
+    "number": {"N": "VALUE-number-5e1c"},
+    "base64": {"B": "VALUE-base64-0f2a!"},
+    "bool": {"BOOL": "VALUE-bool-77d1"},
+    "null": {"NULL": "VALUE-null-9b3e"},
+    "type": {"VALUE-type-41c7": "x"},
+    "shape": {"S": "VALUE-shape-a0d2", "N": "1"},
+    "members": {"NS": ["1", "VALUE-members-c3f8"]},
+    "list": {"L": [{"BOOL": "VALUE-list-6e20"}]},
+}
+_HANDLER_VALUES = ("VALUE-poison-grumpy", "VALUE-unclassified-3d9f", "VALUE-too-old-8a4b")
+
+
+def _record_with(sequence: int, attribute: dict[str, Any]) -> dict[str, Any]:
+    return dynamodb_record(
+        sequence,
+        child=f"c-{sequence}",
+        new_image={"childId": {"S": f"c-{sequence}"}, "address": attribute},
+    )
+
+
+def test_no_log_line_carries_an_attribute_value_or_an_error_message() -> None:
+    """Customer data stays in the dead-letter queue: decode errors of every kind, Poison and
+    unclassified errors whose message repeats a value, a record parked too old, and one the
+    queue refuses are logged by ids, keys, reason and error type only."""
+    records = [_record_with(n, value) for n, value in enumerate(_BAD_VALUES.values(), start=1)]
+    first = len(records) + 1
+    for offset, value in enumerate(_HANDLER_VALUES):
+        records.append(_record_with(first + offset, {"S": value}))
+    records[-1]["dynamodb"]["ApproximateCreationDateTime"] = NOW - 7 * 3600
+    records.append(_record_with(first + 3, {"S": "VALUE-refused-2c55"}))
+
+    def handle(record: Any) -> None:
+        address = dict(record.new_image)["address"]  # decodes every attribute
+        if address == "VALUE-poison-grumpy":
+            raise Poison(f"unknown status {address!r}")
+        if address == "VALUE-unclassified-3d9f":
+            raise KeyError(address)
+        if address == "VALUE-too-old-8a4b":
+            raise Transient(f"partner refused {address}")
+        if address == "VALUE-refused-2c55":
+            raise ValueError(f"no such address {address}")
+
+    log = io.StringIO()
+    sink = MemorySink(refuse=lambda letter: letter.record.sequence_number == str(first + 3))
+    processor, _, clock = make(handle, sink=sink, log=log)
+
+    response = processor.process({"Records": records}, FakeContext(clock, deadline=NOW + 60))
+
+    assert failures(response) == [str(first + 3)]  # the refused record is not acknowledged
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    parked = [line for line in lines if line["message"] == "record parked"]
+    assert len(parked) == len(records) - 1
+    assert all(line["deadLetterMessageId"].startswith("memory-") for line in parked)
+    assert {line["errorType"] for line in parked} == {
+        "RecordDecodeError",
+        "Poison",
+        "KeyError",
+        "Transient",
+    }
+    assert any(line["message"].startswith("record not parked") for line in lines)
+    leaked = [
+        value
+        for value in [*_HANDLER_VALUES, "VALUE-refused-2c55", *_flatten(_BAD_VALUES)]
+        if value in log.getvalue()
+    ]
+    assert leaked == []
+    # ... and the messages stay in the dead-letter messages, where `streams dlq show` finds them.
+    messages = " ".join(letter.error.message for letter in sink.kept)
+    for value in ("VALUE-number-5e1c", "VALUE-bool-77d1", "VALUE-poison-grumpy"):
+        assert value in messages
+
+
+def _flatten(values: dict[str, dict[str, Any]]) -> list[str]:
+    """Every distinctive string in the bad attribute values (type names included)."""
+    text = json.dumps(values)
+    return sorted(set(re.findall(r"VALUE-[a-z]+-[0-9a-f]+", text)))
 
 
 def read_everything(record: Any) -> None:

@@ -12,6 +12,7 @@ import pytest
 from aws_lambda_powertools import Logger
 
 from streams import Poison, SqsDeadLetterQueue, StreamProcessor, read_dead_letter
+from streams.cli import main
 from streams.errors import UserError
 from tests.factories import NOW, FakeClock, FakeContext, dynamodb_event, kinesis_record
 
@@ -157,3 +158,45 @@ def test_the_queue_comes_from_the_environment_and_its_absence_is_a_clear_error()
     assert (queue.queue_url, queue.bucket) == ("https://q", "b")
     with pytest.raises(UserError, match="DEAD_LETTER_QUEUE_URL is not set"):
         SqsDeadLetterQueue.from_environment({})
+
+
+def test_the_parked_line_names_the_sqs_message_that_streams_dlq_show_prints_in_full(
+    aws: boto3.Session, unique_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The log keeps the error's message out; its id leads to it (and to the traceback)."""
+    sqs, s3 = aws.client("sqs"), aws.client("s3")
+    url = sqs.create_queue(QueueName=unique_name, Attributes={"MaximumMessageSize": "1024"})[
+        "QueueUrl"
+    ]
+    s3.create_bucket(Bucket=unique_name)
+    log = io.StringIO()
+    clock = FakeClock()
+
+    def handle(record: Any) -> None:
+        status = record.new_image["status"]
+        if record.sequence_number in {"1", "2"}:  # 2 is over the queue's limit: via the bucket
+            raise Poison(f"unknown status {status!r}")
+
+    processor = StreamProcessor(
+        handle,
+        dead_letters=SqsDeadLetterQueue(url, bucket=unique_name, sqs=sqs, s3=s3),
+        clock=clock,
+        sleep=clock.sleep,
+        logger=Logger(service=f"test-{uuid.uuid4().hex}", stream=log),
+    )
+    event = _big_event()
+    for record in event["Records"]:
+        record["dynamodb"]["NewImage"]["status"] = {"S": "VALUE-grumpy-e1f4"}
+
+    assert processor.process(event) == {"batchItemFailures": []}
+
+    assert "VALUE-grumpy-e1f4" not in log.getvalue()
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    ids = [line["deadLetterMessageId"] for line in lines if line["message"] == "record parked"]
+    assert len(ids) == 2
+    capsys.readouterr()
+    for message_id in ids:
+        assert main(["dlq", "show", message_id, "--queue-url", url]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["error"]["message"] == "unknown status 'VALUE-grumpy-e1f4'"
+        assert "Traceback" in shown["error"]["traceback"]

@@ -273,3 +273,51 @@ def test_shutdown_requested_before_any_record_checkpoints_nothing() -> None:
 
 def _raise(error: BaseException) -> None:
     raise error
+
+
+def test_no_log_line_of_the_worker_carries_a_record_value_or_an_error_message() -> None:
+    """Parked records (Poison, an unclassified error, data that is not JSON) and a fatal halt
+    whose cause repeats a value: the worker's log names ids, keys and error types only."""
+    clock = FakeClock()
+    log = io.StringIO()
+
+    def handle(view: Any) -> None:
+        body = view.json()
+        raise (Poison if body["kind"] == "poison" else LookupError)(f"bad {body['value']}")
+
+    core = StreamProcessor(
+        handle,
+        dead_letters=MemorySink(),
+        retry=RetryPolicy(retries=0),
+        halt_after=2,  # the second unclassified error in a row halts the worker
+        clock=clock,
+        sleep=clock.sleep,
+        logger=Logger(service=f"test-{uuid.uuid4().hex}", stream=log),
+    )
+    processor = KclRecordProcessor(core, sleep=clock.sleep, random=lambda: 0.5)
+    parked = [
+        record(1, body={"kind": "poison", "value": "VALUE-kcl-poison-31f0"}),
+        record(2, data=b"VALUE-kcl-not-json-8e02"),
+        record(3, body={"kind": "other", "value": "VALUE-kcl-unclassified-c4d9"}),
+    ]
+    halting = record(4, body={"kind": "other", "value": "VALUE-kcl-halted-77a3"})
+    messages = [
+        INITIALIZE,
+        process_records(*parked),
+        checkpoint_reply(checkpoint_request(3)),
+        process_records(halting),
+    ]
+    stdin = io.StringIO("".join(json.dumps(m) + "\n" for m in messages))
+    stderr = io.StringIO()
+
+    with pytest.raises(SystemExit):
+        run(processor, stdin=stdin, stdout=io.StringIO(), stderr=stderr)
+
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [line["message"] for line in lines].count("record parked") == 3
+    fatal = lines[-1]
+    assert fatal["message"].startswith("fatal error") and fatal["errorType"] == "Halted"
+    assert "2 consecutive LookupError failures" in fatal["stackTrace"]  # our own words stay
+    assert "\nbuiltins.LookupError\n" in fatal["stackTrace"]  # the cause: by its type only
+    output = log.getvalue() + stderr.getvalue()
+    assert [value for value in ("VALUE-kcl-", "bad VALUE") if value in output] == []

@@ -1077,7 +1077,7 @@ def test_each_invocation_logs_one_line_with_shard_batch_size_outcome_and_duratio
     lines = [r.getMessage() for r in caplog.records if " records: " in r.getMessage()]
     assert len(lines) == 2
     assert lines[0].startswith("shard s1: 2 records: ok (")
-    assert lines[1].startswith("shard s1: 1 records: function error ValueError: poison record (")
+    assert lines[1].startswith("shard s1: 1 records: function error ValueError (")
     assert all(" ms, request " in line for line in lines)
 
 

@@ -24,6 +24,7 @@ from tests.run_functions import (
     pid_running,
     wait_until,
 )
+from tests.run_functions.functions import RAISED_VALUE
 
 
 def _command(function: Instrumented, *options: str) -> list[str]:
@@ -86,6 +87,30 @@ def test_killing_the_mapping_mid_invocation_loses_nothing_and_repeats_only_the_b
     assert repeated == set(item_keys(5, start=20))
     assert "its process is gone" in restarted.stdout
     assert "waiting, another mapping runs it" not in restarted.stdout
+
+
+def test_the_mappings_own_lines_never_repeat_the_functions_error_message(
+    moto_endpoint: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN a function whose first invocation raises with an attribute value in its message
+    function = deploy_instrumented(
+        moto_endpoint, unique_name, tmp_path, Behaviour="raise-once", BatchSize=10
+    )
+    function.put_items(item_keys(3))
+
+    code = main(_command(function, "--exit-when-idle", "0.5", "-v"))
+
+    # THEN the function's own log has it (as Lambda's runtime logs it), the mapping's never
+    out = capsys.readouterr().out
+    assert code == 0
+    with_value = [line for line in out.splitlines() if RAISED_VALUE in line]
+    assert with_value, out  # the function did raise it
+    assert [line for line in with_value if " [Recorder] " not in line] == []
+    assert "records: function error ValueError (" in out
+    assert "1 failed (last: function error ValueError)" in out
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -357,7 +357,7 @@ def test_completed_through_counts_only_settled_writes(table: str) -> None:
 @pytest.mark.parametrize(
     ("bad", "expected"),
     [
-        ({"childId": "c-bad", "score": 0.5}, r"'score' is a float \(0.5\).*Decimal\('0.5'\)"),
+        ({"childId": "c-bad", "score": 0.5}, r"'score' is a float; .*Decimal\(str\(value\)\)"),
         (
             {"childId": "c-bad", "address": {"geo": [Decimal(1), 2.5]}},
             r"'address'.geo\[1\] is a float",
@@ -399,6 +399,31 @@ def test_put_refuses_what_dynamodb_would_with_a_clear_message_and_loses_nothing_
 
     assert (writer.report.submitted, writer.report.written, writer.report.failed) == (2, 2, ())
     assert table_items(aws, table).keys() == {"c-before", "c-after"}
+
+
+def test_invalid_item_errors_name_the_attribute_never_a_value(table: str) -> None:
+    """`streams write` prints these messages: only key values may be in them."""
+    secret = "VALUE-write-7c21"
+    bad_items = [
+        {"childId": "c-1", "score": Decimal("0.918273645"), "x": 0.918273645},
+        {"childId": "c-1", "n": Decimal("918273645" * 5)},
+        {"childId": "c-1", "n": Decimal("9.18273645E+200")},
+        {"childId": "c-1", "text": secret + "\udc80"},
+        {"childId": "c-1", "tags": {secret + "\udc80"}},
+        {"name": secret},  # no key
+        {"childId": "", "name": secret},
+        {"childId": 918273645, "name": secret},
+        {"childId": "\udc80", "name": secret},
+    ]
+    with TableWriter(table) as writer:
+        messages = []
+        for item in bad_items:
+            with pytest.raises(InvalidItemError) as refused:
+                writer.put(item)
+            messages.append(str(refused.value))
+
+    assert [m for m in messages if secret in m or "918273645" in m or "0.918" in m] == []
+    assert "'name'" in messages[5]  # what the item has, by name
 
 
 def test_an_item_of_400_000_bytes_is_written(aws: boto3.Session, table: str) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from amazon_kclpy import kcl as _kcl  # type: ignore[import-untyped]
 from amazon_kclpy.v3 import processor as _v3  # type: ignore[import-untyped]
 
 from streams.backoff import Backoff
-from streams.batch import StreamProcessor
+from streams.batch import Halted, StreamProcessor
 from streams.kpl import deaggregate, may_be_aggregate
 from streams.records import KinesisRecord, StreamRecord
 
@@ -351,12 +352,50 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
     def _fatal_on_error(self, action: str) -> Iterator[None]:
         try:
             yield
-        except Exception:
-            self.core.logger.exception(
-                "fatal error: the worker exits; KCL resumes the shard after its last checkpoint",
-                extra={"action": action},
-            )
+        except Exception as error:
+            self._log_fatal(action, error)
             raise SystemExit(1) from None
+
+    def _log_fatal(self, action: str, error: Exception) -> None:
+        # Types and frames, not messages: the error can be `Halted` by a handler's error whose
+        # message repeats an attribute value, and logs never carry one.
+        self.core.logger.error(
+            "fatal error: the worker exits; KCL resumes the shard after its last checkpoint",
+            extra={
+                "action": action,
+                "errorType": type(error).__name__,
+                "stackTrace": _traceback_without_messages(error),
+            },
+        )
+
+
+def _traceback_without_messages(error: BaseException) -> str:
+    """`error`'s traceback and its causes' (as Python prints them), each exception named by its
+    type only, but for ours that are worded from positions, counts and type names."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    parts: list[str] = []
+    for position, exception in enumerate(reversed(chain)):
+        if position:
+            caused = exception.__cause__ is chain[len(chain) - position]
+            parts.append(
+                "\nThe above exception was the direct cause of the following exception:\n\n"
+                if caused
+                else "\nDuring handling of the above exception, another exception occurred:\n\n"
+            )
+        frames = traceback.format_list(traceback.extract_tb(exception.__traceback__))
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(frames)
+        name = f"{type(exception).__module__}.{type(exception).__qualname__}"
+        if isinstance(exception, CheckpointFailed | Halted):
+            name += f": {exception}"
+        parts.append(name + "\n")
+    return "".join(parts)
 
 
 def _position_fields(position: RecordPosition) -> dict[str, Any]:

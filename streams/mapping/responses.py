@@ -71,7 +71,8 @@ def _reported(payload: object, identifiers: Sequence[str], item: ItemKind) -> se
     for failure in failures:
         identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
         if not isinstance(identifier, str) or identifier not in positions:
-            return f"itemIdentifier {identifier!r} is not a {item} of the batch"
+            # Not repeated: a function's bug can put anything there, an attribute value too.
+            return f"an itemIdentifier ({type(identifier).__name__}) is not a {item} of the batch"
         reported.add(positions[identifier])
     return reported
 
@@ -87,9 +88,12 @@ def interpret(
     """The outcome of `result` for a batch whose items have `identifiers`, in order."""
     everything = frozenset(range(len(identifiers)))
     if result.error is not None:
+        # The type only: the message can repeat an attribute value, and this description is
+        # logged, kept in the state table and shown by `streams monitor`. The message is in
+        # the function's own log, as on Lambda.
         return Outcome(
             failed=everything,
-            description=f"function error {result.error.error_type}: {result.error.message[:200]}",
+            description=f"function error {result.error.error_type}",
             function_error=result.error.function_error,
             error_type=result.error.error_type,
         )

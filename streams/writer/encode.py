@@ -43,7 +43,8 @@ Key = tuple[object, ...]
 class InvalidItemError(ValueError):
     """An item or key DynamoDB would refuse, caught by `put()` or `delete()` before it is queued.
 
-    The message names the item (by key, when it has one), what is wrong and what to do.
+    The message names the item (by key, when it has one), the attribute, what is wrong and what
+    to do; never an attribute's value (`streams write` prints it), only key values.
     """
 
 
@@ -132,7 +133,11 @@ class KeySchema:
             except InvalidItemError as error:
                 raise self._key_error(attribute, item, str(error)) from None
             if attribute.type != "N":
-                size = len(encoded) if attribute.type == "B" else _utf8_size(encoded)
+                size = (
+                    len(encoded)
+                    if attribute.type == "B"
+                    else _utf8_size(encoded, repr(attribute.name))
+                )
                 if size == 0:
                     raise self._key_error(
                         attribute, item, "is empty: DynamoDB refuses empty key values"
@@ -150,7 +155,7 @@ class KeySchema:
     ) -> InvalidItemError:
         return InvalidItemError(
             f"{attribute.name!r}, the {attribute.role} of table {self.table!r}, {problem} "
-            f"(in {_preview(item)})"
+            f"(in an item with attributes {_names(item)})"
         )
 
     def _describe(self, item: Mapping[str, Any]) -> str:
@@ -195,7 +200,7 @@ def _encode_attributes(item: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
         if not isinstance(name, str):
             raise InvalidItemError(f"attribute name {name!r} is not a string")
         attributes[name], value_size = _encode(value, repr(name))
-        size += _utf8_size(name) + value_size
+        size += _utf8_size(name, "an attribute name") + value_size
     return attributes, size
 
 
@@ -212,11 +217,11 @@ def _encode(value: object, path: str) -> tuple[dict[str, Any], int]:
     if isinstance(value, bool):
         return {"BOOL": value}, 1
     if isinstance(value, str):
-        return {"S": value}, _utf8_size(value)
+        return {"S": value}, _utf8_size(value, path)
     if isinstance(value, float):
         raise InvalidItemError(
-            f"{path} is a float ({value!r}); DynamoDB numbers are exact decimals, so the writer "
-            f"takes Decimal: use Decimal({str(value)!r}), or parse JSON with "
+            f"{path} is a float; DynamoDB numbers are exact decimals, so the writer takes "
+            f"Decimal: use Decimal(str(value)), or parse JSON with "
             f"json.loads(text, parse_float=Decimal)"
         )
     if isinstance(value, int | Decimal):
@@ -232,7 +237,7 @@ def _encode(value: object, path: str) -> tuple[dict[str, Any], int]:
             if not isinstance(name, str):
                 raise InvalidItemError(f"{path} has a name that is not a string: {name!r}")
             members[name], member_size = _encode(member, f"{path}.{name}")
-            size += _utf8_size(name) + member_size + 1
+            size += _utf8_size(name, f"a name in {path}") + member_size + 1
         return {"M": members}, size
     if isinstance(value, list | tuple):
         elements: list[dict[str, Any]] = []
@@ -259,7 +264,7 @@ def _encode_set(value: AbstractSet[object], path: str) -> tuple[dict[str, Any], 
     members = list(value)
     if all(isinstance(m, str) for m in members):
         strings = cast(list[str], members)
-        return {"SS": strings}, sum(map(_utf8_size, strings))
+        return {"SS": strings}, sum(_utf8_size(m, f"a member of {path}") for m in strings)
     if all(isinstance(m, int | Decimal) and not isinstance(m, bool) for m in members):
         numbers = [_number_text(cast(int | Decimal, m), path) for m in members]
         return {"NS": numbers}, sum(map(_number_size, numbers))
@@ -275,17 +280,16 @@ def _encode_set(value: AbstractSet[object], path: str) -> tuple[dict[str, Any], 
 
 def _number_text(value: int | Decimal, path: str) -> str:
     if isinstance(value, Decimal) and not value.is_finite():
-        raise InvalidItemError(f"{path} is {value}, which DynamoDB cannot store")
+        raise InvalidItemError(f"{path} is not a finite number, which DynamoDB cannot store")
     try:
         return str(DYNAMODB_CONTEXT.create_decimal(value))
     except (Inexact, Rounded):
         raise InvalidItemError(
-            f"{path} ({value}) has more than 38 significant digits, DynamoDB's limit"
+            f"{path} has more than 38 significant digits, DynamoDB's limit"
         ) from None
     except (Overflow, Underflow, Clamped):
         raise InvalidItemError(
-            f"{path} ({value}) is outside DynamoDB's number range (magnitudes from 1E-130 to "
-            f"under 1E+126)"
+            f"{path} is outside DynamoDB's number range (magnitudes from 1E-130 to under 1E+126)"
         ) from None
 
 
@@ -295,13 +299,15 @@ def _number_size(text: str) -> int:
     return (significant + 1) // 2 + 1
 
 
-def _utf8_size(text: str) -> int:
+def _utf8_size(text: str, what: str) -> int:
     if text.isascii():
         return len(text)
     try:
         return len(text.encode("utf-8"))
     except UnicodeEncodeError as error:
-        raise InvalidItemError(f"{text[:40]!r} is not valid Unicode text ({error})") from None
+        raise InvalidItemError(
+            f"{what} is not valid Unicode text ({error.reason} at character {error.start})"
+        ) from None
 
 
 def _has_key_type(value: object, key_type: str) -> bool:
@@ -321,6 +327,7 @@ def _key_part(key_type: str, encoded: Any) -> object:
     return encoded
 
 
-def _preview(item: Mapping[str, Any]) -> str:
-    text = repr(dict(item))
+def _names(item: Mapping[str, Any]) -> str:
+    """The item's attribute names, for a message: its values stay out of it."""
+    text = ", ".join(map(repr, item))
     return text if len(text) <= 120 else text[:117] + "..."

@@ -12,6 +12,8 @@ what else it does, once: the first invocation that meets the condition writes `O
   test kills the mapping meanwhile).
 - `hang-once`: the first invocation hangs, past any `Timeout`.
 - `exit-once`: the first invocation ends its process with `os._exit(1)`.
+- `raise-once`: the first invocation raises an error whose message repeats an attribute value
+  (`RAISED_VALUE`).
 
 `handle_kinesis` records Kinesis records the same way (their partition key as `pk`).
 
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 _HANG_SECONDS = 3600
+#: The value `raise-once` repeats in its error's message (distinctive: a match is a leak).
+RAISED_VALUE = "VALUE-run-grumpy-5b1d"
 
 
 def _record_line(pk: str, sequence_number: str, request_id: str) -> str:
@@ -60,6 +64,8 @@ def handle(event: dict[str, Any], context: Any) -> None:
         if behaviour == "exit-once":
             os._exit(1)
         time.sleep(_HANG_SECONDS)
+    if behaviour == "raise-once" and _first_time(once):
+        raise ValueError(f"unknown status {RAISED_VALUE!r}")
     for record in event["Records"]:
         key = record["dynamodb"]["Keys"]["pk"]["S"]
         if behaviour == "sleep-once" and key == os.environ["SLEEP_KEY"] and _first_time(once):
