@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
@@ -49,6 +50,45 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         with self._lock:
             self._now += max(0.0, seconds)
+
+
+class ManualClock:
+    """Time that moves only when the test says so; `sleep` blocks until it has."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        self._changed = threading.Condition()
+        self.sleepers = 0
+
+    def now(self) -> float:
+        with self._changed:
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        with self._changed:
+            until = self._now + seconds
+            self.sleepers += 1
+            self._changed.notify_all()
+            while self._now < until:
+                self._changed.wait()
+            self.sleepers -= 1
+
+    def advance(self, seconds: float) -> None:
+        with self._changed:
+            self._now += seconds
+            self._changed.notify_all()
+
+    def wait_for_sleeper(self) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.sleepers > 0, timeout=60), "no sleeper"
+
+
+def wait_for(condition: Any, what: str) -> None:
+    """Wait for `condition` (a liveness bound, not a timing assertion)."""
+    give_up = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < give_up, f"still waiting for {what}"
+        time.sleep(0.01)
 
 
 class RawBody:
@@ -325,6 +365,60 @@ def test_throttles_that_botocore_retries_are_counted_and_not_sent_again_by_the_w
     assert len(table_items(aws, table)) == 10
 
 
+# -- a partial batch does not wait for the next burst --------------------------------------------
+
+
+def test_a_partial_batch_goes_out_once_its_oldest_write_has_lingered_and_not_before(
+    aws: boto3.Session, table: str
+) -> None:
+    clock = ManualClock()
+    client = aws.client("dynamodb")
+    calls: list[int] = []
+    client.meta.events.register(
+        f"before-parameter-build.{BATCH_WRITE}",
+        lambda params, **_: calls.append(len(params["RequestItems"][table])),
+    )
+    writer = TableWriter(table, client=client, linger=2.0, clock=clock.now, sleep=clock.sleep)
+    try:
+        for update in unique_updates(3):
+            writer.put(update)
+        clock.wait_for_sleeper()  # a sender waits out the linger
+        clock.advance(1.0)
+        assert (calls, writer.report.written, clock.sleepers) == ([], 0, 1)
+
+        clock.advance(1.0)  # no flush, no more writes: only the linger ends
+
+        wait_for(lambda: writer.report.written == 3, "the partial batch")
+        assert calls == [3]
+        assert len(table_items(aws, table)) == 3
+    finally:
+        clock.advance(3600)  # no sender is left asleep, whatever failed
+        writer.close()
+
+
+def test_with_linger_0_every_write_goes_out_at_once(aws: boto3.Session, table: str) -> None:
+    clock = ManualClock()  # never advanced: no write waits for time to pass
+    writer = TableWriter(table, linger=0, clock=clock.now, sleep=clock.sleep)
+    try:
+        for update in unique_updates(3):
+            writer.put(update)
+        wait_for(lambda: writer.report.written == 3, "the writes")
+    finally:
+        writer.close()
+    assert len(table_items(aws, table)) == 3
+
+
+def test_flush_sends_a_partial_batch_at_once_whatever_the_linger(
+    aws: boto3.Session, table: str
+) -> None:
+    with TableWriter(table, linger=3600) as writer:
+        for update in unique_updates(3):
+            writer.put(update)
+        writer.flush()
+        assert (writer.report.written, writer.report.pending) == (3, 0)
+    assert len(table_items(aws, table)) == 3
+
+
 # -- order and replacement ----------------------------------------------------------------------
 
 
@@ -546,8 +640,8 @@ def test_writes_still_refused_at_the_deadline_are_listed_as_failed(
 def test_a_writer_dropped_with_unsent_writes_logs_an_error_and_warns(
     table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = TableWriter(table)
-    writer.put({"childId": "c-1"})  # fewer than a batch: still queued
+    writer = TableWriter(table, linger=3600)
+    writer.put({"childId": "c-1"})  # fewer than a batch, and lingering: still queued
     with pytest.warns(
         ResourceWarning, match=f"table '{table}' was garbage-collected with 1 writes"
     ):
@@ -570,9 +664,9 @@ def test_an_interrupted_flush_lists_what_was_not_accepted(aws: boto3.Session, ta
             os.kill(os.getpid(), signal.SIGINT)
 
     client.meta.events.register_first(f"after-call.{BATCH_WRITE}", ctrl_c_once)
-    writer = TableWriter(table, client=client)
+    writer = TableWriter(table, client=client, linger=3600)
     with pytest.raises(KeyboardInterrupt), writer:
-        for update in unique_updates(10):  # fewer than a batch: nothing is sent before the flush
+        for update in unique_updates(10):  # fewer than a batch, lingering: sent by the flush
             writer.put(update)
 
     report = writer.report

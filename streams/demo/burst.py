@@ -395,8 +395,7 @@ class Demo:
                 self.say(f"the mapping made no progress for {STALL_SECONDS:.0f} s: verifying now")
                 return written
             if written < len(trickle) and now - last_trickle >= TRICKLE_SECONDS:
-                writer.put(trickle[written])
-                writer.flush()
+                writer.put(trickle[written])  # sent once it has lingered: no flush needed
                 written, last_trickle = written + 1, now
             time.sleep(1.0)  # each look costs moto a scan and two queue reads
         return written

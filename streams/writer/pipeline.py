@@ -2,6 +2,10 @@
 
 A `Pipeline` holds the unsettled writes by key (`_Slot`), hands batches of up to 25 to its sender
 threads, and settles each write as written, replaced by a later write of its key, or failed.
+
+A batch goes out when 25 writes are ready, when someone waits for it (`flush()`, or `put()` on
+a full writer), or when its oldest write has been ready for `linger` seconds: a quiet producer's
+writes are not kept in memory, exposed to a crash, until the next burst.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -111,6 +116,7 @@ class _Slot:
     """
 
     active: _Write
+    ready_at: float  # when it last became ready: its batch may go `linger` seconds later
     state: _State = _State.READY
     due: float = 0.0
     waiting: deque[_Write] = field(default_factory=deque)
@@ -147,7 +153,13 @@ _OBSERVED_EVENT = "response-received.dynamodb.BatchWriteItem"
 
 class Pipeline:
     """The writer's state and its sender threads. Holds no reference to the `TableWriter`, so a
-    forgotten writer can be garbage-collected (and warn) while its senders still run."""
+    forgotten writer can be garbage-collected (and warn) while its senders still run.
+
+    An idle sender waits for work until the next moment something falls due (a partial batch's
+    linger, a backoff, the deadline). With the real `time.sleep` it waits on a condition, which
+    new work cuts short; with an injected sleep (a test's fake clock) one idle sender sleeps on
+    it, so that the fake time moves, and the others wait for new work.
+    """
 
     def __init__(
         self,
@@ -161,6 +173,7 @@ class Pipeline:
         senders: int,
         max_pending: int,
         coalesce: bool,
+        linger: float,
         clock: Callable[[], float],
         sleep: Callable[[float], None],
     ) -> None:
@@ -173,8 +186,10 @@ class Pipeline:
         self._stop_at = None if deadline is None else clock() + deadline
         self._max_pending = max_pending
         self._coalesce = coalesce
+        self._linger = linger
         self._clock = clock
         self._sleep = sleep
+        self._real_time = sleep is time.sleep
         self._deserializer = TypeDeserializer()
 
         self._lock = threading.Lock()
@@ -218,7 +233,8 @@ class Pipeline:
                 finally:
                     self._blocked -= 1
                 self._raise_if_unusable()
-            self._check_deadline(self._clock())
+            now = self._clock()
+            self._check_deadline(now)
             self._seq += 1
             write = _Write(self._seq, kind, request, key)
             self._unsettled.add(write.seq)
@@ -226,9 +242,10 @@ class Pipeline:
             if self._stop_reason is not None:
                 self._finish(write, self._stop_reason)
             elif slot is None:
-                self._slots[key] = _Slot(write)
+                self._slots[key] = _Slot(write, ready_at=now)
                 self._ready.append(key)
-                if len(self._ready) >= MAX_BATCH:
+                if len(self._ready) == 1 or len(self._ready) >= MAX_BATCH:
+                    # The first ready write starts the linger; 25 make a full batch.
                     self._work.notify()
             elif slot.state is _State.SENDING or not self._coalesce:
                 # Per-key order: it waits until the writes before it are accepted or failed.
@@ -335,26 +352,48 @@ class Pipeline:
                 now = self._clock()
                 self._check_deadline(now)
                 self._release_due(now)
-                urgent = self._flushing > 0 or self._blocked > 0
-                if self._ready and (urgent or len(self._ready) >= MAX_BATCH):
+                if self._sendable(now):
                     batch = self._take_batch()
-                    if self._ready and (urgent or len(self._ready) >= MAX_BATCH):
+                    if self._sendable(now):
                         self._work.notify()  # more to send: another sender can take it
                     return batch
-                if urgent and self._delayed and not self._timer_taken:
-                    # Nothing to send until a backoff ends: one sender sleeps until then.
-                    wake_at = self._delayed[0][0]
-                    if self._stop_at is not None:
-                        wake_at = min(wake_at, self._stop_at)
-                    self._timer_taken = True
-                    self._lock.release()
-                    try:
-                        self._sleep(max(0.0, wake_at - now))
-                    finally:
-                        self._lock.acquire()
-                        self._timer_taken = False
-                    continue
-                self._work.wait()
+                self._idle(now)
+
+    def _sendable(self, now: float) -> bool:
+        """A batch may go: 25 writes are ready, someone waits for them, or the oldest ready
+        write has lingered long enough."""
+        ready = self._ready
+        if not ready:
+            return False
+        if len(ready) >= MAX_BATCH or self._flushing or self._blocked:
+            return True
+        return self._linger_ends() <= now
+
+    def _linger_ends(self) -> float:
+        """When the partial batch in the ready queue may go (fewer than 25 are ready)."""
+        return min(self._slots[key].ready_at for key in self._ready) + self._linger
+
+    def _idle(self, now: float) -> None:
+        """Wait for new work, or until the next write falls due (see the class docstring)."""
+        due = [self._delayed[0][0]] if self._delayed else []
+        if self._ready:
+            due.append(self._linger_ends())
+        if due and self._stop_at is not None:
+            due.append(self._stop_at)
+        if not due:
+            self._work.wait()
+        elif self._real_time:
+            self._work.wait(max(0.0, min(due) - now))
+        elif self._timer_taken:
+            self._work.wait()
+        else:
+            self._timer_taken = True
+            self._lock.release()
+            try:
+                self._sleep(max(0.0, min(due) - now))
+            finally:
+                self._lock.acquire()
+                self._timer_taken = False
 
     def _take_batch(self) -> list[_Write]:
         batch: list[_Write] = []
@@ -528,6 +567,7 @@ class Pipeline:
             return
         slot.active = slot.waiting.popleft()
         slot.state = _State.READY
+        slot.ready_at = self._clock()
         self._ready.append(key)
 
     def _finish(self, write: _Write, outcome: str) -> None:
@@ -558,6 +598,7 @@ class Pipeline:
             heapq.heappop(self._delayed)
             if not stale and slot is not None:
                 slot.state = _State.READY
+                slot.ready_at = due
                 self._ready.appendleft(key)
 
     def _check_deadline(self, now: float) -> None:

@@ -42,12 +42,15 @@ from streams.writer.pipeline import Pipeline, WriteReport
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
-__all__ = ["DEFAULT_BACKOFF", "TableWriter"]
+__all__ = ["DEFAULT_BACKOFF", "DEFAULT_LINGER", "TableWriter"]
 
 #: How long a refused write waits before it is sent again: 50 ms doubling to 20 s, with full
 #: jitter, as botocore's DynamoDB settings (throttling is usually over within tens of
 #: milliseconds; the jitter keeps parallel senders from retrying in step).
 DEFAULT_BACKOFF = Backoff(base=0.05, cap=20.0)
+#: How long the oldest write of a partial batch waits for more before the batch goes anyway:
+#: long enough that a steady producer fills batches, short enough that nothing sits unsent.
+DEFAULT_LINGER = 0.05
 
 
 class TableWriter:
@@ -67,9 +70,11 @@ class TableWriter:
     its neighbours are written. Only table-level errors raise (`TableWriteError`, from `put()`,
     `flush()` or leaving the `with` block).
 
-    `flush()` (and leaving the `with` block) returns once every write was accepted or is listed
-    in `report.failed`. A writer garbage-collected with unsettled writes logs an error and warns
-    (`ResourceWarning`).
+    Writes go out in batches of 25; a partial batch goes out once its oldest write has waited
+    `linger` seconds (50 ms; 0 sends every write at once), so a quiet producer's writes do not
+    wait in memory for the next burst. `flush()` (and leaving the `with` block) sends everything
+    queued and returns once every write was accepted or is listed in `report.failed`. A writer
+    garbage-collected with unsettled writes logs an error and warns (`ResourceWarning`).
 
     `deadline` is in seconds from construction: from then on nothing more is sent, and what is
     unaccepted is listed in `report.failed`. `max_rate` caps writes per second. `clock` and `sleep`
@@ -91,6 +96,7 @@ class TableWriter:
         senders: int = 4,
         max_pending: int = 1000,
         coalesce: bool = True,
+        linger: float = DEFAULT_LINGER,
         backoff: Backoff | None = None,
         rate_policy: RatePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -105,6 +111,8 @@ class TableWriter:
             raise ValueError(f"max_rate is writes per second, more than 0, not {max_rate}")
         if deadline is not None and deadline <= 0:
             raise ValueError(f"deadline is seconds from now, more than 0, not {deadline}")
+        if not linger >= 0:  # NaN too
+            raise ValueError(f"linger is seconds, 0 or more, not {linger}")
         if client is None:
             client = boto3.client("dynamodb", config=Config(max_pool_connections=max(10, senders)))
         self._pipeline = Pipeline(
@@ -117,6 +125,7 @@ class TableWriter:
             senders=senders,
             max_pending=max_pending,
             coalesce=coalesce,
+            linger=linger,
             clock=clock,
             sleep=sleep,
         )
