@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import pytest
 from streams.cli import main
 from streams.demo.generate import generate_updates
 from streams.local.endpoint import RecordedEndpoint, record_endpoint
+from streams.writer.ingest import FailedFile, Line
 
 
 def create_table(aws: boto3.Session, name: str, **overrides: Any) -> None:
@@ -141,6 +143,83 @@ def test_a_bad_line_is_reported_with_its_number_and_skipped_and_the_run_fails(
     assert failed[3]["item"] == {"childId": ""}
 
 
+def test_a_line_nested_too_deeply_is_a_bad_line_and_the_run_goes_on(
+    aws: boto3.Session, table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    too_deep_to_parse = '{"childId": "c-2", "a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    deeper_than_dynamodb = json.dumps({"childId": "c-3", "a": _nested(40)})
+    path = write_lines(
+        tmp_path / "updates.jsonl",
+        ['{"childId": "c-1"}', too_deep_to_parse, deeper_than_dynamodb, '{"childId": "c-4"}'],
+    )
+
+    assert main(["write", str(path), "--table", table]) == 1
+
+    err = capsys.readouterr().err
+    assert "line 2: nested too deeply to read" in err
+    assert "line 3: item childId='c-3': 'a'" in err and "deeper than DynamoDB's 32 levels" in err
+    assert table_items(aws, table).keys() == {"c-1", "c-4"}
+    failed = [
+        json.loads(line)
+        for line in (tmp_path / "updates.jsonl.failed.jsonl").read_text().splitlines()
+    ]
+    assert [f["line"] for f in failed] == [2, 3]
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"m": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--failed", "updates.jsonl"], "--failed and the input are the same file"),
+        (["--state", "updates.jsonl"], "--state and the input are the same file"),
+        (["--failed", "x.json", "--state", "x.json"], "--state and --failed are the same file"),
+        (
+            ["--failed", "updates.jsonl.progress.json"],
+            "the progress file and --failed are the same file",
+        ),
+    ],
+    ids=["failed-is-input", "state-is-input", "state-is-failed", "failed-is-default-state"],
+)
+def test_the_input_failed_and_progress_files_must_be_three_files(
+    moto_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write_lines(tmp_path / "updates.jsonl", ['{"childId": "c-1"}'])
+
+    assert main(["write", "updates.jsonl", "--table", "t", *flags]) == 2
+
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("streams: error: ") and message in line
+    assert path.read_text() == '{"childId": "c-1"}\n'
+
+
+def test_the_failed_file_is_readable_by_its_owner_only_also_when_appended_to(
+    table: str, tmp_path: Path
+) -> None:
+    path = write_lines(tmp_path / "updates.jsonl", ['{"childId": ""}'])
+    failed = tmp_path / "updates.jsonl.failed.jsonl"
+
+    assert main(["write", str(path), "--table", table]) == 1
+    assert stat.S_IMODE(failed.stat().st_mode) == 0o600
+
+    failed.chmod(0o644)  # an earlier run's file, or someone's chmod: appending tightens it
+    with FailedFile(failed) as again:
+        again.write(Line(2, 0, 0, "{", None, "malformed JSON"), "malformed JSON")
+    assert stat.S_IMODE(failed.stat().st_mode) == 0o600
+    assert [json.loads(line)["line"] for line in failed.read_text().splitlines()] == [1, 2]
+
+
 def test_an_item_dynamodb_rejects_goes_to_the_failed_file_and_its_neighbours_are_written(
     aws: boto3.Session, unique_name: str, tmp_path: Path
 ) -> None:
@@ -189,8 +268,16 @@ def test_a_missing_table_is_one_clear_line_and_a_non_zero_exit(
         (["missing.jsonl"], "no such file: missing.jsonl"),
         (["-", "--poison-rate", "0.1"], "--poison-rate goes with --generate N"),
         (["--generate", "5", "--poison-rate", "2"], "--poison-rate is a fraction from 0 to 1"),
+        (["--generate", "5", "--linger", "-1"], "--linger is seconds, 0 or more, not -1"),
     ],
-    ids=["resume-stdin", "resume-generated", "no-file", "poison-without-generate", "poison-rate"],
+    ids=[
+        "resume-stdin",
+        "resume-generated",
+        "no-file",
+        "poison-without-generate",
+        "poison-rate",
+        "negative-linger",
+    ],
 )
 def test_flags_that_cannot_work_are_refused_clearly(
     moto_endpoint: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]

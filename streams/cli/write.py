@@ -39,6 +39,7 @@ from streams.demo.generate import generate_updates
 from streams.errors import UserError
 from streams.writer import TableWriteError, TableWriter
 from streams.writer.ingest import Checkpoint, FailedFile, Ingest, Line, ProgressFile, parse_lines
+from streams.writer.table import DEFAULT_LINGER
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -98,6 +99,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--senders", type=int, default=4, metavar="N", help="parallel senders (default 4)"
     )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=DEFAULT_LINGER,
+        metavar="SECONDS",
+        help="send a partial batch once its oldest write has waited this long "
+        f"(default {DEFAULT_LINGER:g}; 0 sends every write at once)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
 
@@ -116,6 +125,7 @@ class _Options:
     max_rate: float | None
     deadline: float | None
     senders: int
+    linger: float
     every_write: bool
     json: bool
 
@@ -135,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         deadline=options.deadline,
         senders=options.senders,
         coalesce=not options.every_write,
+        linger=options.linger,
     )
     return _Run(options, writer).execute()
 
@@ -160,6 +171,8 @@ def _options(args: argparse.Namespace) -> _Options:
         raise UserError(f"--max-rate is writes per second, more than 0, not {args.max_rate}")
     if args.deadline is not None and args.deadline <= 0:
         raise UserError(f"--deadline is seconds, more than 0, not {args.deadline}")
+    if not args.linger >= 0:  # NaN too
+        raise UserError(f"--linger is seconds, 0 or more, not {args.linger}")
 
     path = None if generated or args.file == "-" else Path(args.file)
     if path is None and (args.resume or args.state):
@@ -179,6 +192,13 @@ def _options(args: argparse.Namespace) -> _Options:
     state = None
     if path is not None:
         state = Path(args.state) if args.state else path.with_name(path.name + ".progress.json")
+    _refuse_same_file(
+        [
+            ("the input", path),
+            ("--failed" if args.failed else "the failed file", failed),
+            ("--state" if args.state else "the progress file", state),
+        ]
+    )
     return _Options(
         table=args.table,
         input=path,
@@ -192,9 +212,31 @@ def _options(args: argparse.Namespace) -> _Options:
         max_rate=args.max_rate,
         deadline=args.deadline,
         senders=args.senders,
+        linger=args.linger,
         every_write=args.every_write,
         json=args.json,
     )
+
+
+def _refuse_same_file(named: list[tuple[str, Path | None]]) -> None:
+    """The input, the failed file and the progress file are three files: a fresh run empties
+    the failed file, and the progress file is replaced whole."""
+    given = [(name, path) for name, path in named if path is not None]
+    for index, (first, first_path) in enumerate(given):
+        for second, second_path in given[index + 1 :]:
+            if _same_file(first_path, second_path):
+                raise UserError(
+                    f"{second} and {first} are the same file ({second_path}): choose another path"
+                )
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return first.samefile(second)  # hard links
+    except OSError:  # one of them does not exist yet
+        return False
 
 
 def _client(options: _Options, endpoint: Endpoint) -> DynamoDBClient:

@@ -2,7 +2,7 @@
 
 `KeySchema` (from DescribeTable) encodes an item or a key and refuses, naming the attribute, what
 DynamoDB would refuse: floats, empty sets, empty or oversized keys, numbers beyond 38 digits,
-items over 400 KB by DynamoDB's own size rules.
+maps and lists nested deeper than 32 levels, items over 400 KB by DynamoDB's own size rules.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
 
 MAX_BATCH = 25  # BatchWriteItem takes at most 25 write requests
 _MAX_ITEM_BYTES = 400 * 1024
+_MAX_DEPTH = 32  # nested maps and lists
 _MAX_KEY_BYTES = {"HASH": 2048, "RANGE": 1024}
 _KEY_ROLES = {"HASH": "partition key", "RANGE": "sort key"}
 _KEY_TYPE_NAMES = {"S": "string", "N": "number (int or Decimal)", "B": "bytes"}
@@ -204,7 +205,7 @@ def _encode_attributes(item: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     return attributes, size
 
 
-def _encode(value: object, path: str) -> tuple[dict[str, Any], int]:
+def _encode(value: object, path: str, depth: int = 0) -> tuple[dict[str, Any], int]:
     """DynamoDB's attribute value for a Python value, and its size as DynamoDB counts it.
 
     Accepts what boto3's TypeSerializer does, and refuses (naming the attribute's path) what
@@ -230,20 +231,24 @@ def _encode(value: object, path: str) -> tuple[dict[str, Any], int]:
     if isinstance(value, bytes | bytearray | Binary):
         data = bytes(cast(Any, value).value if isinstance(value, Binary) else value)
         return {"B": data}, len(data)
+    if isinstance(value, Mapping | list | tuple) and depth >= _MAX_DEPTH:
+        raise InvalidItemError(
+            f"{path} is nested deeper than DynamoDB's {_MAX_DEPTH} levels of maps and lists"
+        )
     if isinstance(value, Mapping):
         members: dict[str, Any] = {}
         size = 3
         for name, member in value.items():
             if not isinstance(name, str):
                 raise InvalidItemError(f"{path} has a name that is not a string: {name!r}")
-            members[name], member_size = _encode(member, f"{path}.{name}")
+            members[name], member_size = _encode(member, f"{path}.{name}", depth + 1)
             size += _utf8_size(name, f"a name in {path}") + member_size + 1
         return {"M": members}, size
     if isinstance(value, list | tuple):
         elements: list[dict[str, Any]] = []
         size = 3
         for index, element in enumerate(value):
-            encoded, element_size = _encode(element, f"{path}[{index}]")
+            encoded, element_size = _encode(element, f"{path}[{index}]", depth + 1)
             elements.append(encoded)
             size += element_size + 1
         return {"L": elements}, size

@@ -17,6 +17,7 @@ another input, another table, or an input shorter than where it stopped.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -73,6 +74,10 @@ def parse_lines(stream: IO[bytes], *, first_line: int, offset: int) -> Iterator[
         except ValueError as error:
             yield Line(number, start, position, text, None, f"malformed JSON ({error})")
             continue
+        except RecursionError:  # a bad line like any other, not the end of the run
+            problem = "nested too deeply to read (DynamoDB allows 32 levels)"
+            yield Line(number, start, position, text, None, problem)
+            continue
         if not isinstance(value, dict):
             problem = f"not a JSON object (one item per line), but {type(value).__name__}"
             yield Line(number, start, position, text, None, problem)
@@ -85,7 +90,11 @@ def _no_constant(name: str) -> Any:
 
 
 class FailedFile:
-    """The failed file: one JSON object per line that was not written, opened on first use."""
+    """The failed file: one JSON object per line that was not written, opened on first use.
+
+    It holds items, so only its owner may read it (0600, also when an earlier run's file is
+    appended to).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -101,7 +110,9 @@ class FailedFile:
 
     def write(self, line: Line, reason: str) -> None:
         if self._file is None:
-            self._file = self.path.open("a", encoding="utf-8")
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.fchmod(descriptor, 0o600)
+            self._file = os.fdopen(descriptor, "a", encoding="utf-8")
             self.used = True
         head = f'{{"line": {line.number}, "reason": {json.dumps(reason, ensure_ascii=False)}, '
         if line.item is None:
