@@ -174,7 +174,7 @@ def _nested(levels: int) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("flags", "message"),
+    "case",
     [
         (["--failed", "updates.jsonl"], "--failed and the input are the same file"),
         (["--state", "updates.jsonl"], "--state and the input are the same file"),
@@ -191,9 +191,9 @@ def test_the_input_failed_and_progress_files_must_be_three_files(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    flags: list[str],
-    message: str,
+    case: tuple[list[str], str],
 ) -> None:
+    flags, message = case
     monkeypatch.chdir(tmp_path)
     path = write_lines(tmp_path / "updates.jsonl", ['{"childId": "c-1"}'])
 
