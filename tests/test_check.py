@@ -120,3 +120,50 @@ def test_a_missing_template_is_a_clear_error(
 ) -> None:
     assert main(["check", "--template", str(tmp_path / "nope.yaml")]) == 2
     assert "template not found" in capsys.readouterr().err
+
+
+def test_a_function_whose_code_cannot_be_read_is_named_and_checked_with_every_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the template alone, outside the project: its CodeUri names a folder without the code
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    text = (ROOT / "template.yaml").read_text()
+    (alone / "template.yaml").write_text(
+        text.replace("MaximumRetryAttempts: -1", "MaximumRetryAttempts: 2")
+    )
+    monkeypatch.chdir(tmp_path)
+
+    # WHEN it is checked from another directory
+    code = main(["check", "--template", str(alone / "template.yaml")])
+
+    # THEN the function is named, every rule applies (the worst is assumed), never all clear
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "no settings that would lose records" not in out
+    (unread,) = [line for line in out.splitlines() if " CodeUri: " in line]
+    assert unread.startswith("template.yaml: ProcessorFunction CodeUri: cannot read the handler")
+    assert str(alone / "processor" / "app.py") in unread
+    assert " MaximumRetryAttempts: 2: " in out
+    assert " BisectBatchOnFunctionError: " in out  # halt_after assumed
+
+
+def test_the_code_is_read_relative_to_the_template_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = (
+        (ROOT / "processor" / "app.py")
+        .read_text()
+        .replace(
+            "StreamProcessor(DeliveryProjection(_table))",
+            "StreamProcessor(DeliveryProjection(_table), halt_after=5)",
+        )
+    )
+    path = _variant(tmp_path / "project", [], handler_source=source)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+
+    findings = check_template(path)
+
+    # The copy beside the template was read (halt_after is only there), and nothing else named.
+    assert [" BisectBatchOnFunctionError: " in str(f) for f in findings] == [True]

@@ -16,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "check",
         help="find settings that would lose records or defeat the batch core",
         description="Reads a SAM template and reports, one line each with the property named, "
-        "settings that would lose records or defeat the batch core. Exit code 1 when it "
-        "finds any.",
+        "settings that would lose records or defeat the batch core. A function's code is read "
+        "from its CodeUri, relative to the template's folder; a function whose code cannot be "
+        "read is named and checked with every rule. Exit code 1 when it finds any.",
     )
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE)
     add_parameter_overrides(parser)

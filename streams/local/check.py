@@ -2,7 +2,10 @@
 
 It reads the template as the SAM translator expands it and, for each function fed by a stream,
 looks at the event source mapping's settings, the function's environment and its handler
-module's source (to see whether it uses `StreamProcessor`, and `halt_after`).
+module's source (to see whether it uses `StreamProcessor`, and `halt_after`), found as SAM finds
+it: `CodeUri` relative to the template's folder. A function whose code it cannot read is named,
+and checked with every rule as if it used `StreamProcessor` with `halt_after`: the check never
+says all clear about code it did not read.
 """
 
 from __future__ import annotations
@@ -32,17 +35,33 @@ class Finding:
         return f"{self.where}: {self.message}"
 
 
-def _handler_source(function: Mapping[str, Any], template: Path) -> str | None:
-    """The text of the function's handler module, when it is local code we can read."""
+@dataclass(frozen=True)
+class _Source:
+    """The function's handler module as text, or why it could not be read."""
+
+    text: str | None
+    unread: str | None = None
+
+
+def _handler_source(function: Mapping[str, Any], template: Path) -> _Source:
+    inline = (function.get("Code") or {}).get("ZipFile")
+    if isinstance(inline, str):
+        return _Source(inline)  # InlineCode: the handler is in the template
     code = function_code_uri(function, template)
+    if code is None:
+        return _Source(None, "its CodeUri is not a folder on this machine")
     handler = function.get("Handler")
-    if code is None or not isinstance(handler, str) or "." not in handler:
-        return None
+    if not isinstance(handler, str) or "." not in handler:
+        return _Source(None, f"its Handler {handler!r} is not module.function")
     module = handler.rpartition(".")[0].replace(".", "/")
-    for candidate in (code / f"{module}.py", code / module / "__init__.py"):
+    candidates = (code / f"{module}.py", code / module / "__init__.py")
+    for candidate in candidates:
         if candidate.is_file():
-            return candidate.read_text(errors="replace")
-    return None
+            try:
+                return _Source(candidate.read_text(errors="replace"))
+            except OSError as error:
+                return _Source(None, f"{candidate}: {error.strerror}")
+    return _Source(None, f"no {candidates[0]} (CodeUri is relative to the template's folder)")
 
 
 def _parameter_value(
@@ -70,6 +89,7 @@ def check_template(
         if value.get("Type") == "AWS::Lambda::Function"
     }
     findings: list[Finding] = []
+    unread: set[str] = set()
     for mapping_id, resource in resources.items():
         if resource.get("Type") != "AWS::Lambda::EventSourceMapping":
             continue
@@ -80,12 +100,22 @@ def check_template(
         if function_id is None:
             continue
         function = functions[function_id]
+        source = _handler_source(function, path)
+        if source.unread is not None and function_id not in unread:
+            unread.add(function_id)
+            findings.append(
+                Finding(
+                    f"{path.name}: {function_id} CodeUri",
+                    f"cannot read the handler's code ({source.unread}): checked with every "
+                    "rule, as if it used StreamProcessor with halt_after",
+                )
+            )
         findings.extend(
             _check_mapping(
                 f"{path.name}: {function_id} ({mapping_id})",
                 settings,
                 function,
-                _handler_source(function, path),
+                source.text,
                 lambda value: _parameter_value(value, translated, overrides),
             )
         )
@@ -99,6 +129,7 @@ def _check_mapping(
     source: str | None,
     resolve: Callable[[Any], Any],
 ) -> list[Finding]:
+    """The mapping's findings; `source` None (unread) is taken as the worst case."""
     findings: list[Finding] = []
 
     def found(prop: str, message: str) -> None:
@@ -110,7 +141,7 @@ def _check_mapping(
             "no on-failure destination: records Lambda gives up on vanish without a trace "
             "(set an SQS queue or SNS topic)",
         )
-    if source is None or "StreamProcessor" not in source:
+    if source is not None and "StreamProcessor" not in source:
         return findings  # the remaining rules are about the batch core
 
     responses = settings.get("FunctionResponseTypes") or []
@@ -147,7 +178,8 @@ def _check_mapping(
             f"{age} s gives up before the core's own age limit ({core_age:.0f} s): raise it or "
             f"lower {MAX_RECORD_AGE_VARIABLE}",
         )
-    if settings.get("BisectBatchOnFunctionError") is True and _HALT_AFTER.search(source):
+    halts = source is None or _HALT_AFTER.search(source) is not None
+    if settings.get("BisectBatchOnFunctionError") is True and halts:
         found(
             "BisectBatchOnFunctionError",
             "with halt_after, a halted batch is split and retried half by half: the halt "
