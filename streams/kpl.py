@@ -9,6 +9,10 @@ The format is read by `aws-kinesis-agg` (AWS Labs; it needs `protobuf`), an opti
 (`streams[kpl]`). Only an aggregate loads it: an ordinary record costs one string-prefix test.
 When an aggregate arrives and the library is missing, `AggregationUnavailable` says so; the
 record is never handed to a handler as if it were one user record.
+
+The MD5 digest is a checksum, not security: it is computed with `usedforsecurity=False`, which
+a FIPS-enforcing host allows. aws-kinesis-agg (1.2.3) computes it without, and cannot load on
+such a host: an aggregate there is `AggregationUnavailable`, saying why.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ __all__ = [
 ]
 
 KPL_MAGIC = b"\xf3\x89\x9a\xc2"
-_DIGEST_SIZE = hashlib.md5().digest_size
+_DIGEST_SIZE = hashlib.md5(usedforsecurity=False).digest_size
 #: The base64 characters the magic bytes fix ("84maw"): every aggregate's `data` starts with them.
 AGGREGATE_BASE64_PREFIX = base64.b64encode(KPL_MAGIC).decode()[:5]
 
@@ -64,12 +68,10 @@ def deaggregate(raw: Mapping[str, Any]) -> list[UserRecord]:
     alone and unchanged, as KCL treats it too.
     """
     split = _splitter()
-    if split is None:
+    if isinstance(split, str):
         if _is_aggregate(raw):
             raise AggregationUnavailable(
-                f"record {raw['kinesis'].get('sequenceNumber')} is KPL-aggregated and "
-                "aws-kinesis-agg is not installed: install the kpl extra "
-                "(pip install 'streams[kpl]') wherever the handler runs"
+                f"record {raw['kinesis'].get('sequenceNumber')} is KPL-aggregated and {split}"
             )
         return [(raw, None)]
     user_records: list[UserRecord] = []
@@ -91,8 +93,8 @@ def deaggregate(raw: Mapping[str, Any]) -> list[UserRecord]:
 Splitter = Callable[[Iterable[Mapping[str, Any]]], Iterator[Mapping[str, Any]]]
 
 
-def _splitter() -> Splitter | None:
-    """aws-kinesis-agg's de-aggregator (imported on first use), or None when it is not installed."""
+def _splitter() -> Splitter | str:
+    """aws-kinesis-agg's de-aggregator (imported on first use), or why it cannot be used."""
     # The library puts its own folder first on sys.path (its generated protobuf modules import
     # each other by bare name), where its `aggregator` and `deaggregator` modules would shadow a
     # user's modules of the same names. It needs the path only while it loads.
@@ -100,7 +102,15 @@ def _splitter() -> Splitter | None:
     try:
         module = importlib.import_module("aws_kinesis_agg.deaggregator")
     except ImportError:
-        return None
+        return (
+            "aws-kinesis-agg is not installed: install the kpl extra "
+            "(pip install 'streams[kpl]') wherever the handler runs"
+        )
+    except ValueError as error:  # hashlib's refusal of MD5 on a FIPS-enforcing host
+        return (
+            f"aws-kinesis-agg cannot load on this host ({error}): it computes MD5 without "
+            "usedforsecurity=False, which FIPS mode refuses"
+        )
     finally:
         sys.path[:] = saved_path
     split: Splitter = module.iter_deaggregate_records
@@ -123,4 +133,5 @@ def _is_aggregate(raw: Mapping[str, Any]) -> bool:
     if len(data) <= len(KPL_MAGIC) + _DIGEST_SIZE:
         return False
     payload, digest = data[len(KPL_MAGIC) : -_DIGEST_SIZE], data[-_DIGEST_SIZE:]
-    return data.startswith(KPL_MAGIC) and hashlib.md5(payload).digest() == digest
+    checksum = hashlib.md5(payload, usedforsecurity=False).digest()
+    return data.startswith(KPL_MAGIC) and checksum == digest

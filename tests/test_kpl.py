@@ -191,3 +191,50 @@ def test_loading_the_library_leaves_sys_path_as_it_was() -> None:
     deaggregate(aggregate_record(2, USER_RECORDS))
 
     assert sys.path == before
+
+
+_FIPS_HOST = """
+import hashlib, json, sys
+
+real_md5 = hashlib.md5
+
+def md5(*args, usedforsecurity=True, **kwargs):
+    # As OpenSSL in FIPS mode: MD5 only as a checksum.
+    if usedforsecurity:
+        raise ValueError("[digital envelope routines] unsupported: MD5 for security (FIPS)")
+    return real_md5(*args, usedforsecurity=False, **kwargs)
+
+hashlib.md5 = md5
+from streams.kpl import AggregationUnavailable, deaggregate
+from streams.records import parse_records
+
+plain, mismatch, aggregate = json.load(sys.stdin)
+assert deaggregate(plain) == [(plain, None)]
+assert deaggregate(mismatch) == [(mismatch, None)]  # the checksum is computed, and differs
+assert len(parse_records({"Records": [plain, mismatch]})) == 2
+try:
+    deaggregate(aggregate)
+except AggregationUnavailable as error:
+    print(error)
+"""
+
+
+def test_the_library_imports_and_checks_digests_on_a_fips_enforcing_host() -> None:
+    """MD5 is the KPL format's checksum: computed with usedforsecurity=False."""
+    plain = kinesis_record(1)
+    mismatch = kinesis_record(2, KPL_MAGIC + b"x" * 40)
+    aggregate = aggregate_record(3, USER_RECORDS)
+
+    child = subprocess.run(
+        [sys.executable, "-c", _FIPS_HOST],
+        input=json.dumps([plain, mismatch, aggregate]),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert child.returncode == 0, child.stderr
+    # aws-kinesis-agg itself computes MD5 without the flag: a real aggregate says why it stops.
+    assert "KPL-aggregated and aws-kinesis-agg cannot load on this host" in child.stdout
+    assert "FIPS" in child.stdout
