@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Callable, Sequence
 
@@ -31,12 +32,21 @@ def _registrations() -> list[Register]:
     ]
 
 
+def _installed_version() -> str:
+    """The version pip installed (the package's metadata), or why there is none."""
+    try:
+        return importlib.metadata.version("streams")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streams",
         description="Process DynamoDB and Kinesis change streams: poison-safe, ordered, "
         "nothing lost silently.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in _registrations():
         register(subparsers)
