@@ -3,6 +3,7 @@ CloudFormation (`streams.local.endpoint`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -14,6 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 
+from streams.cli import main
 from streams.cli.endpoint import current_endpoint
 from streams.errors import UserError
 from streams.local.endpoint import (
@@ -519,3 +521,42 @@ def test_the_embedded_endpoint_applies_conditional_writes_one_at_a_time(
 
     # THEN no version was won twice (AWS's rule: a condition holds for exactly one writer)
     assert sorted(won) == list(range(200))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:4566", "http://127.8.9.10:5000", "http://[::1]:4566", "http://LOCALHOST:1"],
+)
+def test_a_record_naming_a_loopback_endpoint_is_trusted(tmp_path: Path, url: str) -> None:
+    path = tmp_path / "local.json"
+    record_endpoint(dataclasses.replace(_recorded(os.getpid()), endpoint_url=url), path)
+
+    recorded = read_recorded_endpoint(path)
+
+    assert recorded is not None and recorded.endpoint_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.5:4566",
+        "https://dynamodb.us-east-1.amazonaws.com",
+        "http://127.0.0.1@attacker.example:4566",
+        "http://localhost.attacker.example",
+        "file:///etc/passwd",
+    ],
+)
+def test_a_record_naming_any_other_endpoint_is_refused_in_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    url: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    record_endpoint(dataclasses.replace(_recorded(os.getpid()), endpoint_url=url))
+
+    assert main(["monitor", "--once", "--json"]) == 2
+
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("streams: error: .streams/local.json names") and "loopback" in line

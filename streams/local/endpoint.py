@@ -9,6 +9,7 @@ there find it (`read_recorded_endpoint`).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -295,7 +297,31 @@ def read_recorded_endpoint(path: Path = STATE_FILE) -> RecordedEndpoint | None:
         raise UserError(
             f"{path} is not a file `streams local up` wrote ({error}); delete it"
         ) from None
+    if not _is_loopback_url(recorded.endpoint_url):
+        # Commands send it moto's test credentials and everything they read or write: a file
+        # in the working directory must not send them anywhere but this machine.
+        raise UserError(
+            f"{path} names {recorded.endpoint_url!r}, not a loopback address (127.0.0.0/8, ::1, "
+            "localhost) as `streams local up` records: not trusted; delete it"
+        )
     return recorded if pid_alive(recorded.pid) else None
+
+
+def _is_loopback_url(url: str) -> bool:
+    """True when `url` is http(s) to this machine: 127.0.0.0/8, ::1 or localhost."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False
+    host = parts.hostname  # lower-cased; what follows any `user@`
+    if parts.scheme not in ("http", "https") or host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def forget_endpoint(path: Path = STATE_FILE) -> None:
