@@ -18,11 +18,13 @@ from botocore.exceptions import EndpointConnectionError
 from rich.console import Console
 
 from streams.cli import build_parser, main
-from streams.cli.monitor import run
+from streams.cli.monitor import _render, run, unique_tails
 from streams.mapping.state.layout import MappingId
 from streams.mapping.state.table import DynamoDBCheckpointStore
+from streams.monitor.history import MonitorHistory
 from streams.monitor.local import LocalMonitor
-from tests.factories import STREAM_ARN, FakeClock
+from streams.monitor.model import MonitorSnapshot, Row, totals
+from tests.factories import NOW, STREAM_ARN, FakeClock
 from tests.test_monitor import PNG_MAGIC, deploy, publish_three_minutes
 
 MAPPING = MappingId("ProcessorFunction", STREAM_ARN)
@@ -141,11 +143,18 @@ def test_once_without_json_prints_the_table(
 
     out = capsys.readouterr().out
     assert code == 0
-    for shown in ("shardId-1", "1 m 15 s", "2 (poison 2)", "total", "dead-letter", "running on"):
+    for shown in (
+        "shardId-1",
+        "1 m 15 s",
+        "parked by reason: poison 2",
+        "total",
+        "dead-letter",
+        "running on",
+    ):
         assert shown in out
 
 
-def test_records_lost_to_drops_or_to_the_destination_get_columns_once_there_are_any(
+def test_records_lost_to_drops_or_to_the_destination_get_a_line_once_there_are_any(
     store: DynamoDBCheckpointStore,
     queue_urls: list[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -161,8 +170,8 @@ def test_records_lost_to_drops_or_to_the_destination_get_columns_once_there_are_
     main(["monitor", "--once", "--json", *local_flags(store, queue_urls)])
     (row,) = json.loads(capsys.readouterr().out)["rows"]
 
-    assert "dropped" not in before and "destination" not in before
-    assert "dropped" in after and "destination" in after and "failures" in after
+    assert "dropped" not in before and "failed sends" not in before
+    assert "shardId-1: 3 records dropped, 2 failed sends to the on-failure destination" in after
     assert row["eventCounts"] == {
         "PolledEventCount": 42,
         "DroppedEventCount": 3,
@@ -459,3 +468,82 @@ def test_an_endpoint_that_is_gone_is_one_line_and_exit_2(
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"streams: error: cannot reach {gone}: is `streams local up` (or the demo) still running?"
     )
+
+
+# --- the view at 80 columns -------------------------------------------------------------------
+
+
+def _shard_row(shard_id: str, age_ms: float, processed: float, outcome: str) -> Row:
+    return Row(
+        label=shard_id,
+        function="ProcessorFunction",
+        event_source_arn=STREAM_ARN,
+        shard_id=shard_id,
+        mapping_uuid=None,
+        mapping_state="running on build-host-01 (pid 41234)",
+        state="open",
+        checkpoint="4965000000000000000000000000000000000000000000000042",
+        iterator_age_ms=age_ms,
+        records_per_second=12_345.6,
+        processed=processed,
+        parked=1_288,
+        parked_by_reason={"poison": 1_280, "too-old": 8},
+        event_counts={"DroppedEventCount": 3},
+        last_outcome=outcome,
+        updated_at=NOW - 2,
+    )
+
+
+def test_the_table_fits_80_columns_with_shards_named_by_a_unique_tail() -> None:
+    rows = (
+        _shard_row("shardId-00000001700000000000-a1b2c3d4", 75_000, 123_456, "ok"),
+        _shard_row("shardId-00000001700000000001-e5f6a7b8", 43_380_000, 12_345_678, "ok"),
+        _shard_row(
+            "shardId-00000001700000000002-c9d0e1f2",
+            950,
+            3,
+            "partial failure from record 12 of 100",
+        ),
+    )
+    snapshot = MonitorSnapshot(
+        taken_at=NOW, source="local", rows=rows, queues=(), totals=totals(rows)
+    )
+    history = MonitorHistory()
+    history.add(snapshot)
+    console = Console(file=io.StringIO(), width=80, force_terminal=False)
+
+    console.print(_render(snapshot, history, "local mapping", None))
+
+    lines = output(console).splitlines()
+    for tail, age, processed in (
+        ("a1b2c3d4", "1 m 15 s", "123,456"),
+        ("e5f6a7b8", "12 h 03 m", "12,345,678"),
+        ("c9d0e1f2", "950 ms", "3"),
+    ):
+        # One line per shard, its name and every figure whole.
+        (row,) = [line for line in lines if line.startswith(f"…{tail} ") and " open " in line]
+        assert row.split() == [
+            "…" + tail,
+            "open",
+            "…00000042",
+            *age.split(),
+            "12,345.6",
+            processed,
+            "1,288",
+        ]
+    assert "c9d0e1f2: partial failure from record 12 of 100" in output(console)
+    assert "parked by reason: poison 3,840, too-old 24" in output(console)
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_shard_tails_grow_until_no_two_shards_end_alike() -> None:
+    names = unique_tails(
+        ["shardId-00000001700000000001-deadbeef", "shardId-00000001700000000002-deadbeef", "s-1"],
+        8,
+    )
+
+    assert names == {
+        "shardId-00000001700000000001-deadbeef": "…1-deadbeef",
+        "shardId-00000001700000000002-deadbeef": "…2-deadbeef",
+        "s-1": "s-1",
+    }

@@ -325,87 +325,144 @@ def _render(
     from rich.text import Text
 
     taken = time.strftime("%H:%M:%S", time.gmtime(snapshot.taken_at))
+    names = _row_names(snapshot)
     parts: list[RenderableType] = [
-        _rows_table(snapshot, f"{title} at {taken} UTC", limit),
-        _history_block(snapshot, history),
+        _rows_table(snapshot, names, f"{title} at {taken} UTC", limit),
+        *(Text(line, style="bold red") for line in _loss_lines(snapshot, names)),
+        _history_block(snapshot, names, history),
     ]
     if snapshot.queues:
         parts.append(_queues_table(snapshot))
+    notes = _outcome_notes(snapshot, names)
+    by_reason = _by_reason(snapshot.totals.parked_by_reason)
+    if by_reason:
+        notes.append(f"parked by reason: {by_reason}")
     if snapshot.source == "local":
         mappings = dict.fromkeys(
             (row.function, row.event_source_arn, row.mapping_state) for row in snapshot.rows
         )
-        notes = [f"mapping {fn} on {arn}: {state}" for fn, arn, state in mappings]
+        notes += [f"mapping {fn} on {arn}: {state}" for fn, arn, state in mappings]
     else:
         minutes = (snapshot.window_seconds or 0) / 60
-        notes = [
+        notes.append(
             f"counts: sums over the last {minutes:g} min; iterator age and records/s: the "
             "latest minute with data (AWS publishes no per-shard iterator age)"
-        ]
+        )
     parts += [Text(note, style="dim") for note in notes]
     return Group(*parts)
 
 
-_LOSS_COLUMNS: Final = (
-    ("dropped", "DroppedEventCount"),
-    ("destination\nfailures", "DestinationDeliveryFailures"),
+#: Records lost to the function or to the on-failure destination: a line each, once there are any.
+_LOSSES: Final = (
+    ("DroppedEventCount", "records dropped"),
+    ("DestinationDeliveryFailures", "failed sends to the on-failure destination"),
 )
+#: A shard is named by the last characters of its id that tell it from the others, at least
+#: these many (a DynamoDB shard id ends in 8 characters of its own), so the table fits 80 columns.
+_SHARD_TAIL = 8
+#: Last outcomes that need no note (Lambda's own wording on AWS).
+_QUIET_OUTCOMES: Final = frozenset({"ok", "no records processed"})
 
 
-def _rows_table(snapshot: MonitorSnapshot, title: str, limit: float | None) -> RenderableType:
+def _row_names(snapshot: MonitorSnapshot) -> dict[str, str]:
+    """How the view names each row: locally the shortest tail of the shard id (at least
+    _SHARD_TAIL characters) that no other shard shares, after the function when the state
+    table holds more than one mapping; on AWS the function's name."""
+    if snapshot.source != "local":
+        return {row.label: row.label for row in snapshot.rows}
+    shard_ids = list(dict.fromkeys(row.shard_id or row.label for row in snapshot.rows))
+    tails = unique_tails(shard_ids, _SHARD_TAIL)
+    names: dict[str, str] = {}
+    for row in snapshot.rows:
+        tail = tails[row.shard_id or row.label]
+        names[row.label] = tail if row.label == row.shard_id else f"{row.function} {tail}"
+    return names
+
+
+def unique_tails(labels: list[str], shortest: int) -> dict[str, str]:
+    """Each label as "…" and its last n characters, n the smallest (at least `shortest`) at
+    which no two labels end alike; labels no longer than that stay whole."""
+    length = shortest
+    while len({label[-length:] for label in labels}) < len(labels):
+        length += 1
+    return {label: label if len(label) <= length + 1 else "…" + label[-length:] for label in labels}
+
+
+def _rows_table(
+    snapshot: MonitorSnapshot, names: Mapping[str, str], title: str, limit: float | None
+) -> RenderableType:
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
     local = snapshot.source == "local"
-    # Records lost to the function (dropped) or to the destination: shown once there are any.
-    losses = [
-        (column, name)
-        for column, name in _LOSS_COLUMNS
-        if any(name in row.event_counts for row in snapshot.rows)
-    ]
-    table = Table(title=title, title_justify="left")
-    # Figures never wrap; names and outcomes give way on a narrow terminal.
+    # A rule under the header and nothing else: the columns fit 80 characters.
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False
+    )
+    # Figures never wrap; names give way on a narrow terminal.
     if local:
-        table.add_column("shard", overflow="fold", min_width=12)
+        table.add_column("shard", overflow="fold", min_width=9)
         table.add_column("state", no_wrap=True)
         table.add_column("checkpoint", no_wrap=True)
     else:
-        table.add_column("function", overflow="fold", min_width=12)
-        table.add_column("event source", overflow="fold", min_width=12)
+        table.add_column("function", overflow="fold", min_width=10)
+        table.add_column("event source", overflow="fold", min_width=10)
         table.add_column("mapping", no_wrap=True)
-    figures = ["iterator\nage", "records/s", "processed", "parked"]
-    for column in [*figures, *(column for column, _ in losses)]:
+    for column in ["iterator\nage", "records/s", "processed", "parked"]:
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("last\noutcome" if local else "last\nresult", overflow="fold", min_width=8)
 
     for row in snapshot.rows:
         if local:
-            names = [row.label, row.state or "-", _checkpoint(row.checkpoint)]
+            labels = [names[row.label], row.state or "-", _checkpoint(row.checkpoint)]
         else:
-            names = [row.function, _source(row.event_source_arn), row.mapping_state or "-"]
+            labels = [row.function, _source(row.event_source_arn), row.mapping_state or "-"]
         counts = [
             _age_cell(row.iterator_age_ms, limit),
             _rate(row.records_per_second),
             _count(row.processed),
-            _parked(row.parked, row.parked_by_reason),
+            _count(row.parked),
         ]
-        counts += [_count(row.event_counts.get(name)) for _, name in losses]
-        table.add_row(*names, *counts, row.last_outcome or "-")
+        table.add_row(*labels, *counts)
 
     totals = snapshot.totals
     counts = [
         _age_cell(totals.max_iterator_age_ms, limit),
         _rate(totals.records_per_second),
         _count(totals.processed),
-        _parked(totals.parked, totals.parked_by_reason),
+        _count(totals.parked),
     ]
-    counts += [_count(totals.event_counts.get(name)) for _, name in losses]
     table.add_section()
-    table.add_row(Text("total", style="bold"), "", "", *counts, "")
+    table.add_row(Text("total", style="bold"), "", "", *counts)
     return table
 
 
-def _history_block(snapshot: MonitorSnapshot, history: MonitorHistory) -> RenderableType:
+def _loss_lines(snapshot: MonitorSnapshot, names: Mapping[str, str]) -> list[str]:
+    """One line per row that lost records (DroppedEventCount, DestinationDeliveryFailures)."""
+    lines = []
+    for row in snapshot.rows:
+        lost = [
+            f"{row.event_counts[metric]:,.0f} {what}"
+            for metric, what in _LOSSES
+            if row.event_counts.get(metric)
+        ]
+        if lost:
+            lines.append(f"{names[row.label]}: " + ", ".join(lost))
+    return lines
+
+
+def _outcome_notes(snapshot: MonitorSnapshot, names: Mapping[str, str]) -> list[str]:
+    """One line per row whose last invocation did not simply succeed."""
+    return [
+        f"last outcome of {names[row.label]}: {row.last_outcome}"
+        for row in snapshot.rows
+        if row.last_outcome is not None and row.last_outcome.lower() not in _QUIET_OUTCOMES
+    ]
+
+
+def _history_block(
+    snapshot: MonitorSnapshot, names: Mapping[str, str], history: MonitorHistory
+) -> RenderableType:
     """Each row's iterator age over the last samples, as a sparkline."""
     from rich.console import Group
     from rich.table import Table
@@ -423,17 +480,23 @@ def _history_block(snapshot: MonitorSnapshot, history: MonitorHistory) -> Render
         known = [age for age in ages if age is not None]
         detail = f"peak {_age(max(known))}" if known else "no age yet"
         if row.updated_at is not None:
-            detail += f", latest recorded {_ago(row.updated_at, snapshot.taken_at)}"
-        block.add_row(label, sparkline(ages) or "-", detail)
+            detail += f", recorded {_ago(row.updated_at, snapshot.taken_at)}"
+        block.add_row(names[label], sparkline(ages) or "-", detail)
     return Group(Text(f"iterator age, {every}, oldest first:", style="bold"), block)
 
 
 def _queues_table(snapshot: MonitorSnapshot) -> RenderableType:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="queues", title_justify="left")
-    for column in ("queue", "name", "visible", "in flight", "oldest"):
-        table.add_column(column, justify="right" if column in {"visible", "in flight"} else "left")
+    table = Table(
+        title="queues", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False
+    )
+    table.add_column("queue", no_wrap=True)
+    table.add_column("name", overflow="fold")  # an id: wrapped, never cut short
+    for column in ("visible", "in flight"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("oldest", no_wrap=True)
     for depth in snapshot.queues:
         oldest = depth.oldest_age_seconds
         table.add_row(
@@ -474,16 +537,16 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def _parked(total: float | None, by_reason: Mapping[str, float]) -> str:
-    text = _count(total)
-    shown = [f"{reason} {value:,.0f}" for reason, value in sorted(by_reason.items()) if value]
-    return f"{text} ({', '.join(shown)})" if shown else text
+def _by_reason(by_reason: Mapping[str, float]) -> str:
+    return ", ".join(
+        f"{reason} {value:,.0f}" for reason, value in sorted(by_reason.items()) if value
+    )
 
 
 def _checkpoint(sequence_number: str | None) -> str:
     if sequence_number is None:
         return "-"
-    return sequence_number if len(sequence_number) <= 10 else "…" + sequence_number[-9:]
+    return sequence_number if len(sequence_number) <= 9 else "…" + sequence_number[-8:]
 
 
 def _source(arn: str | None) -> str:
