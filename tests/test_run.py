@@ -215,7 +215,9 @@ def test_a_hanging_handler_is_killed_at_its_timeout_and_its_batch_delivered_agai
     hung, retried = invocations
     assert isinstance(hung.result.error, WorkerFunctionError)
     assert hung.result.error.kind == "timeout"
-    assert hung.outcome.endswith("Error: Task timed out after 1.00 seconds")
+    assert hung.outcome == "function error Sandbox.Timedout"  # its message: in the result
+    assert hung.result.error is not None
+    assert hung.result.error.message.endswith("Error: Task timed out after 1.00 seconds")
     assert not pid_running(function.once_pid())
     assert (hung.records, retried.records, retried.succeeded) == (5, 5, True)
     assert [record.pk for record in function.handled()] == item_keys(5)
@@ -235,7 +237,8 @@ def test_a_handler_that_exits_its_process_costs_one_invocation_and_the_next_runs
     crashed, retried = invocations
     assert crashed.result.error is not None
     assert crashed.result.error.error_type == "Runtime.ExitError"
-    assert crashed.outcome.endswith("Runtime exited with error: exit status 1")
+    assert crashed.outcome == "function error Runtime.ExitError"
+    assert crashed.result.error.message.endswith("Runtime exited with error: exit status 1")
     assert retried.succeeded
     handled = function.handled()
     assert [record.pk for record in handled] == item_keys(5)
