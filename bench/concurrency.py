@@ -109,7 +109,7 @@ def make_event(count: int, keys: int, *, shape: str, seed: int = 3) -> dict[str,
 
 
 class _NoDeadLetters:
-    def park(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+    def park(self, letters: list[DeadLetter]) -> list[str | None]:
         raise AssertionError("nothing is parked in this bench")
 
 
