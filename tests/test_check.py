@@ -91,11 +91,9 @@ def test_halt_after_with_bisect_is_named(tmp_path: Path) -> None:
     source = (
         (ROOT / "processor" / "app.py")
         .read_text()
-        .replace(
-            "StreamProcessor(DeliveryProjection(_table))",
-            "StreamProcessor(DeliveryProjection(_table), halt_after=5)",
-        )
+        .replace("StreamProcessor(handle,", "StreamProcessor(handle, halt_after=5,")
     )
+    assert "halt_after=5" in source
     findings = check_template(_variant(tmp_path, [], handler_source=source))
     assert [" BisectBatchOnFunctionError: " in str(f) for f in findings] == [True]
 
@@ -154,11 +152,9 @@ def test_the_code_is_read_relative_to_the_template_from_any_directory(
     source = (
         (ROOT / "processor" / "app.py")
         .read_text()
-        .replace(
-            "StreamProcessor(DeliveryProjection(_table))",
-            "StreamProcessor(DeliveryProjection(_table), halt_after=5)",
-        )
+        .replace("StreamProcessor(handle,", "StreamProcessor(handle, halt_after=5,")
     )
+    assert "halt_after=5" in source
     path = _variant(tmp_path / "project", [], handler_source=source)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
