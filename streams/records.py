@@ -12,12 +12,12 @@ valid DynamoDB JSON raises `RecordDecodeError`, which the batch core treats as p
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
 from datetime import UTC, datetime
 from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Underflow
+from functools import partial
 from typing import Any, Literal, TypeAlias
 
 from streams.errors import EventError
@@ -70,8 +70,9 @@ def _binary(value: object) -> bytes:
             f"binary attribute must be a base64 string, got {type(value).__name__}"
         )
     try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error as error:
+        # Strict mode accepts exactly what base64.b64decode(validate=True) accepts, in C.
+        return _a2b_base64(value, strict_mode=True)
+    except ValueError as error:  # binascii.Error, and non-ASCII text
         raise RecordDecodeError(f"invalid base64 in binary attribute: {error}") from None
 
 
@@ -122,16 +123,26 @@ def _map(value: object) -> Image:
     return Image(value)
 
 
-# The rarer types; S, N and M are decoded before this is consulted.
+# The checked decoder of each type (see _decode_checked).
 _DECODERS: dict[str, Callable[[Any], Any]] = {
+    "S": _string,
+    "N": _number,
+    "M": _map,
+    "L": _list,
     "B": _binary,
     "BOOL": _boolean,
     "NULL": _null,
-    "L": _list,
     "SS": _string_set,
     "NS": _number_set,
     "BS": _binary_set,
 }
+
+_a2b_base64 = binascii.a2b_base64
+_as_str = str.__str__  # the string itself for a str; TypeError for anything else
+_is_finite = Decimal.is_finite
+
+
+_base64_strict = partial(_a2b_base64, strict_mode=True)
 
 
 def decode_attribute_value(attribute_value: object) -> Any:
@@ -140,6 +151,62 @@ def decode_attribute_value(attribute_value: object) -> Any:
     Maps decode to a lazy, read-only `Image` (equal to the dict boto3 gives), so a handler that
     binds a map and reads one field pays for one field.
     """
+    # Well-formed values decode here without a further call, and in C where the standard
+    # library can: sets through map, base64 through binascii. Anything else, errors included,
+    # goes to _decode_checked, which says precisely what is wrong.
+    try:
+        [(tag, value)] = attribute_value.items()  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, TypeError):  # not an object with exactly one key
+        return _decode_checked(attribute_value)
+    kind = value.__class__
+    if tag == "S":
+        if kind is str:
+            return value
+    elif tag == "N":
+        if kind is str:
+            try:
+                number = _create_decimal(value)
+            except ArithmeticError:
+                pass
+            else:
+                if number.is_finite():
+                    return number
+    elif tag == "M":
+        if kind is dict:
+            return Image(value)
+    elif tag == "L":
+        if kind is list:
+            return [decode_attribute_value(inner) for inner in value]
+    elif tag == "BOOL":
+        if kind is bool:
+            return value
+    elif tag == "NULL":
+        if value is True:
+            return None
+    elif tag == "B":
+        if kind is str:
+            try:
+                return _a2b_base64(value, strict_mode=True)
+            except ValueError:
+                pass
+    elif kind is list:
+        try:
+            if tag == "SS":
+                return set(map(_as_str, value))
+            if tag == "NS":
+                numbers = set(map(_create_decimal, map(_as_str, value)))
+                if all(map(_is_finite, numbers)):
+                    return numbers
+            elif tag == "BS":
+                return set(map(_base64_strict, map(_as_str, value)))
+        except (TypeError, ValueError, ArithmeticError):
+            pass  # a member that is not what its type says: _decode_checked says which
+    return _decode_checked(attribute_value)
+
+
+def _decode_checked(attribute_value: object) -> Any:
+    """decode_attribute_value the long way: the type's checked decoder, which raises
+    RecordDecodeError for anything that is not valid DynamoDB JSON."""
     try:
         [(tag, value)] = attribute_value.items()  # type: ignore[attr-defined]
     except (AttributeError, ValueError, TypeError):
@@ -147,17 +214,6 @@ def decode_attribute_value(attribute_value: object) -> Any:
             "an attribute value is an object with exactly one type key, "
             f"got {attribute_value!r:.80}"
         ) from None
-    # The common types first, without a call: most attributes are strings, numbers and maps.
-    if tag == "S":
-        if value.__class__ is str:
-            return value
-        return _string(value)  # raises: not a string
-    if tag == "N":
-        return _number(value)
-    if tag == "M":
-        if value.__class__ is dict:
-            return Image(value)
-        return _map(value)  # raises: not an object
     decoder = _DECODERS.get(tag)
     if decoder is None:
         raise RecordDecodeError(f"unknown attribute type {tag!r:.20}")
@@ -168,33 +224,36 @@ _MISSING: Any = object()
 
 
 def _decode_image(raw: dict[str, Any]) -> dict[str, Any]:
-    """Every attribute of an image, in one pass: `decode_attribute_value` for each, with the
-    common well-formed strings, numbers and maps decoded inline (no call each). Anything else,
-    errors included, takes the full path."""
+    """Every attribute of an image, in one pass: `decode_attribute_value` for each, with
+    well-formed strings and numbers (most attributes) decoded inline."""
     decoded: dict[str, Any] = {}
     for name, attribute in raw.items():
-        if attribute.__class__ is dict and len(attribute) == 1:
+        try:
             value = attribute.get("S")
+        except AttributeError:
+            value = attribute  # not an object: decode_attribute_value says so
+        else:
             if value.__class__ is str:
-                decoded[name] = value
-                continue
-            value = attribute.get("N")
-            if value.__class__ is str:
+                if len(attribute) == 1:
+                    decoded[name] = value
+                    continue
+            elif value is None and (value := attribute.get("N")).__class__ is str:
                 try:
                     number = _create_decimal(value)
                 except ArithmeticError:
-                    pass  # the full path says why
+                    pass
                 else:
-                    if number.is_finite():
+                    if number.is_finite() and len(attribute) == 1:
                         decoded[name] = number
                         continue
-            else:
-                value = attribute.get("M")
-                if value.__class__ is dict:
-                    decoded[name] = Image(value)
-                    continue
         decoded[name] = decode_attribute_value(attribute)
     return decoded
+
+
+# The decoded cache of an image nothing has been cached in: shared, never written (an image
+# gets its own dict on its first cached value), so an image a handler reads only strings of
+# costs no dict.
+_NOTHING_CACHED: dict[str, Any] = {}
 
 
 class Image(Mapping[str, Any]):
@@ -203,12 +262,12 @@ class Image(Mapping[str, Any]):
     Iterating over values or items decodes what is left in one pass.
     """
 
-    __slots__ = ("_complete", "_decoded", "_raw")
+    __slots__ = ("_decoded", "_raw")
 
     def __init__(self, raw: dict[str, Any]) -> None:
         self._raw = raw
-        self._decoded: dict[str, Any] = {}
-        self._complete = False
+        # Decoded values by name; holds every attribute once the image is decoded whole.
+        self._decoded = _NOTHING_CACHED
 
     @property
     def attribute_values(self) -> Mapping[str, Any]:
@@ -216,44 +275,54 @@ class Image(Mapping[str, Any]):
         return self._raw
 
     def __getitem__(self, name: str) -> Any:
+        attribute = self._raw[name]
+        # A well-formed string (most attributes) is its own value: returned without the cache,
+        # it is still the same object at every read.
+        try:
+            value = attribute.get("S")
+        except AttributeError:
+            value = None  # not an object: decode_attribute_value says so
+        if value.__class__ is str and len(attribute) == 1:
+            return value
         decoded = self._decoded
-        value = decoded.get(name, _MISSING)
-        if value is _MISSING:
-            # Inlined string case of decode_attribute_value: the hot path of typical handlers.
-            attribute = self._raw[name]
-            value = attribute.get("S") if attribute.__class__ is dict else None
-            if value.__class__ is not str or len(attribute) != 1:
-                value = decode_attribute_value(attribute)
+        if name in decoded:
+            return decoded[name]
+        value = decode_attribute_value(attribute)
+        if decoded is _NOTHING_CACHED:
+            self._decoded = {name: value}
+        else:
             decoded[name] = value
         return value
 
     def get(self, name: str, default: Any = None) -> Any:
-        value = self._decoded.get(name, _MISSING)
-        if value is _MISSING:
-            raw = self._raw.get(name, _MISSING)
-            if raw is _MISSING:
-                return default
-            value = self._decoded[name] = decode_attribute_value(raw)
-        return value
+        if name in self._raw:
+            return self[name]
+        return default
 
     def _all(self) -> dict[str, Any]:
-        if not self._complete:
-            decoded = self._decoded
+        decoded = self._decoded
+        if len(decoded) != len(self._raw):
             if decoded:  # some were read already: keep the image's own order
-                self._decoded = {
+                decoded = {
                     name: decoded[name] if name in decoded else decode_attribute_value(raw)
                     for name, raw in self._raw.items()
                 }
             else:
-                self._decoded = _decode_image(self._raw)
-            self._complete = True
-        return self._decoded
+                decoded = _decode_image(self._raw)
+            self._decoded = decoded
+        return decoded
 
     def values(self) -> ValuesView[Any]:
-        return self._all().values()
+        decoded = self._decoded
+        if len(decoded) != len(self._raw):
+            decoded = self._all()
+        return decoded.values()
 
     def items(self) -> ItemsView[str, Any]:
-        return self._all().items()
+        decoded = self._decoded
+        if len(decoded) != len(self._raw):
+            decoded = self._all()
+        return decoded.items()
 
     def __contains__(self, name: object) -> bool:
         return name in self._raw

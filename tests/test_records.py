@@ -165,6 +165,14 @@ def test_an_image_never_shows_its_content_in_its_repr() -> None:
         {"SS": "a"},
         {"NS": ["x"]},
         {"BS": ["!!"]},
+        {"B": "ünïcode"},  # base64 is ASCII
+        {"BS": ["AAAA", "ü"]},
+        {"SS": ["a", 1]},
+        {"NS": ["1", 2]},  # numbers travel as strings
+        {"NS": ["1", "Infinity"]},
+        {"L": [{"S": "fine"}, {"X": "unknown type"}]},
+        {"S": None},
+        {"BOOL": None},
         {"M": []},
         {"L": {}},
         {"X": "unknown type"},
