@@ -432,6 +432,7 @@ class StreamProcessor:
                 except Exception as error:
                     outcome = self._recover(record, error, deadline, function)
                 else:  # the hot path: nothing else to do
+                    record._release()  # what it decoded goes now, not when the batch ends
                     counters.processed += 1
                     if halt.count:
                         halt.success()

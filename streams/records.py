@@ -366,6 +366,8 @@ class DynamoDBRecord:
     """One DynamoDB Streams record as Lambda delivers it.
 
     Properties are computed on first access and kept; images decode attribute by attribute.
+    The batch core lets go of the decoded images once it is done with a record: read again
+    afterwards, they decode again.
     """
 
     __slots__ = ("_created", "_data", "_keys", "_new", "_old", "raw", "sequence_number")
@@ -385,6 +387,12 @@ class DynamoDBRecord:
         self._data: dict[str, Any] = data  # type: ignore[assignment]
         self.sequence_number: str = sequence
         self._keys = self._new = self._old = self._created = _MISSING
+
+    def _release(self) -> None:
+        """Lets go of the decoded images. The batch core calls this when it is done with the
+        record, so that a batch does not hold its whole event decoded until it ends (many
+        times the event's size, in objects the collector keeps walking)."""
+        self._keys = self._new = self._old = _MISSING
 
     @property
     def event_id(self) -> str | None:
@@ -492,6 +500,10 @@ class KinesisRecord:
         #: Position inside a KPL aggregate; None for an ordinary record.
         self.sub_sequence_number = sub_sequence_number
         self._decoded: bytes | None = None
+
+    def _release(self) -> None:
+        """Lets go of the decoded data (see DynamoDBRecord._release)."""
+        self._decoded = None
 
     @property
     def event_id(self) -> str | None:
