@@ -17,7 +17,6 @@ import json
 from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
 from datetime import UTC, datetime
 from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Underflow
-from functools import partial
 from typing import Any, Literal, TypeAlias
 
 from streams.errors import EventError
@@ -138,11 +137,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 _a2b_base64 = binascii.a2b_base64
-_as_str = str.__str__  # the string itself for a str; TypeError for anything else
 _is_finite = Decimal.is_finite
-
-
-_base64_strict = partial(_a2b_base64, strict_mode=True)
 
 
 def decode_attribute_value(attribute_value: object) -> Any:
@@ -175,8 +170,15 @@ def decode_attribute_value(attribute_value: object) -> Any:
         if kind is dict:
             return Image(value)
     elif tag == "L":
-        if kind is list:
-            return [decode_attribute_value(inner) for inner in value]
+        if kind is list:  # maps, the usual members, made images inline
+            return [
+                Image(inner)
+                if member.__class__ is dict
+                and len(member) == 1
+                and (inner := member.get("M")).__class__ is dict
+                else decode_attribute_value(member)
+                for member in value
+            ]
     elif tag == "BOOL":
         if kind is bool:
             return value
@@ -191,14 +193,15 @@ def decode_attribute_value(attribute_value: object) -> Any:
                 pass
     elif kind is list:
         try:
+            "".join(value)  # raises TypeError unless every member is a string, in one C call
             if tag == "SS":
-                return set(map(_as_str, value))
+                return set(value)
             if tag == "NS":
-                numbers = set(map(_create_decimal, map(_as_str, value)))
+                numbers = set(map(_create_decimal, value))
                 if all(map(_is_finite, numbers)):
                     return numbers
             elif tag == "BS":
-                return set(map(_base64_strict, map(_as_str, value)))
+                return {_a2b_base64(member, strict_mode=True) for member in value}
         except (TypeError, ValueError, ArithmeticError):
             pass  # a member that is not what its type says: _decode_checked says which
     return _decode_checked(attribute_value)
@@ -221,33 +224,6 @@ def _decode_checked(attribute_value: object) -> Any:
 
 
 _MISSING: Any = object()
-
-
-def _decode_image(raw: dict[str, Any]) -> dict[str, Any]:
-    """Every attribute of an image, in one pass: `decode_attribute_value` for each, with
-    well-formed strings and numbers (most attributes) decoded inline."""
-    decoded: dict[str, Any] = {}
-    for name, attribute in raw.items():
-        try:
-            value = attribute.get("S")
-        except AttributeError:
-            value = attribute  # not an object: decode_attribute_value says so
-        else:
-            if value.__class__ is str:
-                if len(attribute) == 1:
-                    decoded[name] = value
-                    continue
-            elif value is None and (value := attribute.get("N")).__class__ is str:
-                try:
-                    number = _create_decimal(value)
-                except ArithmeticError:
-                    pass
-                else:
-                    if number.is_finite() and len(attribute) == 1:
-                        decoded[name] = number
-                        continue
-        decoded[name] = decode_attribute_value(attribute)
-    return decoded
 
 
 # The decoded cache of an image nothing has been cached in: shared, never written (an image
@@ -300,28 +276,68 @@ class Image(Mapping[str, Any]):
         return default
 
     def _all(self) -> dict[str, Any]:
+        """Every attribute decoded, in the image's order."""
         decoded = self._decoded
         if len(decoded) != len(self._raw):
-            if decoded:  # some were read already: keep the image's own order
-                decoded = {
-                    name: decoded[name] if name in decoded else decode_attribute_value(raw)
-                    for name, raw in self._raw.items()
-                }
-            else:
-                decoded = _decode_image(self._raw)
-            self._decoded = decoded
+            decoded = self._decode_rest()
+        return decoded
+
+    def _decode_rest(self) -> dict[str, Any]:
+        """Decodes what has not been read yet and keeps the whole image decoded: strings,
+        numbers, maps and binary inline, anything else by decode_attribute_value."""
+        raw, cached = self._raw, self._decoded
+        if cached:  # some were read already: keep the image's own order
+            decoded = {
+                name: cached[name] if name in cached else decode_attribute_value(attribute)
+                for name, attribute in raw.items()
+            }
+        else:
+            decoded = {}
+            for name, attribute in raw.items():
+                try:
+                    value = attribute.get("S")
+                except AttributeError:
+                    value = attribute  # not an object: decode_attribute_value says so
+                else:
+                    if value.__class__ is str:
+                        if len(attribute) == 1:
+                            decoded[name] = value
+                            continue
+                    elif value is None and len(attribute) == 1:
+                        value = attribute.get("N")
+                        if value.__class__ is str:
+                            try:
+                                number = _create_decimal(value)
+                            except ArithmeticError:
+                                pass
+                            else:
+                                if number.is_finite():
+                                    decoded[name] = number
+                                    continue
+                        elif value is None and (value := attribute.get("M")).__class__ is dict:
+                            decoded[name] = Image(value)
+                            continue
+                        elif value is None and (value := attribute.get("B")).__class__ is str:
+                            try:
+                                decoded[name] = _a2b_base64(value, strict_mode=True)
+                            except ValueError:
+                                pass
+                            else:
+                                continue
+                decoded[name] = decode_attribute_value(attribute)
+        self._decoded = decoded
         return decoded
 
     def values(self) -> ValuesView[Any]:
         decoded = self._decoded
         if len(decoded) != len(self._raw):
-            decoded = self._all()
+            decoded = self._decode_rest()
         return decoded.values()
 
     def items(self) -> ItemsView[str, Any]:
         decoded = self._decoded
         if len(decoded) != len(self._raw):
-            decoded = self._all()
+            decoded = self._decode_rest()
         return decoded.items()
 
     def __contains__(self, name: object) -> bool:
@@ -597,10 +613,13 @@ def parse_records(event: object) -> list[StreamRecord]:
     view_type = _VIEWS.get(source)  # type: ignore[arg-type]
     kinesis = view_type is KinesisRecord  # only Kinesis records can be KPL aggregates
     views: list[StreamRecord] = []
-    for position, raw in enumerate(records):
+    append = views.append
+    for raw in records:
         try:
-            if raw["eventSource"] is not source and raw["eventSource"] != source:
-                raise EventError(f"record {position} comes from {raw['eventSource']!r:.40}")
+            if raw["eventSource"] != source:
+                raise EventError(
+                    f"record {_position(records, raw)} comes from {raw['eventSource']!r:.40}"
+                )
             if raw.get("eventSourceARN") != source_arn:
                 raise EventError(
                     f"records come from more than one eventSourceARN ({source_arn!r} and "
@@ -608,13 +627,18 @@ def parse_records(event: object) -> list[StreamRecord]:
                 )
             view = view_type(raw)  # type: ignore[misc]
         except (KeyError, TypeError, AttributeError, RecordDecodeError) as error:
-            raise _envelope_error(position, raw) from error
+            raise _envelope_error(_position(records, raw), raw) from error
         if kinesis and may_be_aggregate(raw):
             # A KPL aggregate becomes its user records (the aggregation library loads only here).
             views.extend(KinesisRecord(user, sub_sequence_number=n) for user, n in deaggregate(raw))
         else:
-            views.append(view)
+            append(view)
     return views
+
+
+def _position(records: list[Any], raw: object) -> int:
+    """Where a record is in its event, for error messages (counted only when one is raised)."""
+    return next(position for position, record in enumerate(records) if record is raw)
 
 
 def _envelope_error(position: int, raw: object) -> EventError:
