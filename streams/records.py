@@ -265,9 +265,11 @@ class Image(Mapping[str, Any]):
             return decoded[name]
         value = decode_attribute_value(attribute)
         if decoded is _NOTHING_CACHED:
-            self._decoded = {name: value}
+            decoded = self._decoded = {name: value}
         else:
             decoded[name] = value
+        if len(decoded) == len(self._raw):  # all cached, in the order read: the image's order
+            self._decoded = {name: decoded[name] for name in self._raw}
         return value
 
     def get(self, name: str, default: Any = None) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streams import DynamoDBRecord, KinesisRecord, RecordDecodeError
@@ -84,12 +85,7 @@ scalars = st.one_of(
     st.booleans().map(lambda b: {"BOOL": b}),
     st.just({"NULL": True}),
     st.lists(texts, min_size=1, max_size=5, unique=True).map(lambda v: {"SS": v}),
-    st.lists(
-        st.integers(min_value=-(10**38) + 1, max_value=10**38 - 1),
-        min_size=1,
-        max_size=5,
-        unique=True,
-    ).map(lambda v: {"NS": [str(n) for n in v]}),
+    st.lists(numbers, min_size=1, max_size=5, unique=True).map(lambda v: {"NS": v}),
     st.lists(st.binary(max_size=10), min_size=1, max_size=5, unique=True).map(
         lambda v: {"BS": [base64.b64encode(b).decode() for b in v]}
     ),
@@ -105,22 +101,99 @@ attribute_values = st.recursive(
 images = st.dictionaries(st.text(min_size=1, max_size=10), attribute_values, max_size=8)
 
 
+# --- the same values through every way of reading them --------------------------------------
+
+ACCESS_PATHS = ["[]", "get", "items", "values"]
+
+
+def read_through(value: Any, path: str) -> Any:
+    """A decoded value as plain Python, every image in it (nested ones too) read by `path`."""
+    if isinstance(value, Image):
+        names = list(value)  # iteration
+        if path == "[]":
+            return {name: read_through(value[name], path) for name in names}
+        if path == "get":
+            return {name: read_through(value.get(name), path) for name in names}
+        if path == "items":
+            return {name: read_through(inner, path) for name, inner in value.items()}
+        return dict(
+            zip(names, [read_through(inner, path) for inner in value.values()], strict=True)
+        )
+    if isinstance(value, list):
+        return [read_through(inner, path) for inner in value]
+    return value
+
+
+def exact(value: Any) -> Any:
+    """A value with its types spelled out, so that True is not 1 and 1.0 is not 1."""
+    if isinstance(value, Decimal):
+        return ("N", value.as_tuple())
+    if isinstance(value, Mapping):
+        return ("M", list(value.keys()), {name: exact(inner) for name, inner in value.items()})
+    if isinstance(value, list):
+        return ("L", [exact(inner) for inner in value])
+    if isinstance(value, set):
+        return ("set", frozenset(exact(member) for member in value))
+    return (type(value).__name__, value)
+
+
+EVERY_TYPE = {
+    "s": {"S": "text"},
+    "n": {"N": "-12.50"},
+    "b": {"B": "aGVsbG8="},
+    "ss": {"SS": ["a", "b"]},
+    "ns": {"NS": ["1", "2.5", "1E+3"]},
+    "bs": {"BS": ["AA==", "AQ=="]},
+    "bool": {"BOOL": False},
+    "null": {"NULL": True},
+}
+NESTED = {
+    **EVERY_TYPE,
+    "m": {"M": {**EVERY_TYPE, "m": {"M": {"l": {"L": [{"M": EVERY_TYPE}]}}}}},
+    "l": {"L": [*EVERY_TYPE.values(), {"L": [{"M": EVERY_TYPE}]}]},
+}
+
+
 @settings(max_examples=400, deadline=None)
 @given(attribute_values)
+@example({"M": NESTED})
+@example({"L": list(NESTED.values())})
 def test_attribute_values_decode_exactly_as_boto3s_deserializer(value: dict[str, Any]) -> None:
-    assert decode_attribute_value(value) == oracle(value)
+    decoded = decode_attribute_value(value)
+    expected = oracle(value)
+    assert decoded == expected
+    for path in ACCESS_PATHS:
+        assert exact(read_through(decoded, path)) == exact(expected), path
+
+
+@settings(max_examples=300, deadline=None)
+@given(images)
+@example(NESTED)
+def test_an_image_reads_as_the_deserialized_item_every_way(raw: dict[str, Any]) -> None:
+    expected = {name: oracle(value) for name, value in raw.items()}
+    for path in ACCESS_PATHS:
+        assert exact(read_through(Image(raw), path)) == exact(expected), path
+    assert Image(raw) == expected
+    assert expected == Image(raw)
+    assert Image(raw) == Image(raw)
+    assert list(Image(raw)) == list(raw)
+    assert list(Image(raw).keys()) == list(raw)
+    assert len(Image(raw)) == len(raw)
+    assert all(name in Image(raw) for name in raw)
 
 
 @settings(max_examples=200, deadline=None)
-@given(images)
-def test_an_image_reads_as_the_deserialized_item(raw: dict[str, Any]) -> None:
+@given(images, st.data())
+def test_an_image_read_in_part_then_whole_keeps_its_values_and_order(
+    raw: dict[str, Any], data: st.DataObject
+) -> None:
     image = Image(raw)
+    first = data.draw(st.lists(st.sampled_from(list(raw)), unique=True) if raw else st.just([]))
+    read_first = {name: image[name] for name in first}
     expected = {name: oracle(value) for name, value in raw.items()}
-    assert dict(image) == expected  # attribute by attribute
-    assert dict(Image(raw).items()) == expected  # the whole image in one pass
-    assert Image(raw) == expected
-    assert set(image) == set(raw)
-    assert len(image) == len(raw)
+    assert exact(read_through(image, "items")) == exact(expected)
+    assert [name for name, _ in image.items()] == list(raw)
+    assert all(image[name] is value for name, value in read_first.items())  # decoded once
 
 
 @settings(max_examples=200, deadline=None)
@@ -182,12 +255,23 @@ def test_an_image_never_shows_its_content_in_its_repr() -> None:
     ],
 )
 def test_malformed_attribute_values_are_decode_errors(value: Any) -> None:
-    with pytest.raises(RecordDecodeError):
-        decode_attribute_value(value)
-    with pytest.raises(RecordDecodeError):
-        Image({"a": value})["a"]
-    with pytest.raises(RecordDecodeError):
-        list(Image({"a": {"S": "fine"}, "b": value}).values())
+    # Every way of reading reaches the value, at the top and nested in maps and lists.
+    nested = {"m": {"M": {"x": value}}, "l": {"L": [{"M": {"x": value}}]}}
+    reads: list[Callable[[], Any]] = [
+        lambda: decode_attribute_value(value),
+        lambda: decode_attribute_value({"L": [{"S": "fine"}, value]}),
+        lambda: Image({"a": value})["a"],
+        lambda: Image({"a": value}).get("a"),
+        lambda: list(Image({"a": {"S": "fine"}, "b": value}).values()),
+        lambda: list(Image({"a": {"S": "fine"}, "b": value}).items()),
+        lambda: Image({"a": {"S": "fine"}, "b": value}) == {"a": "fine", "b": None},
+        lambda: Image(nested)["m"]["x"],
+        lambda: Image(nested)["l"][0].get("x"),
+        lambda: list(Image(nested)["m"].values()),
+    ]
+    for read in reads:
+        with pytest.raises(RecordDecodeError):
+            read()
 
 
 # --- DynamoDB views over real events ------------------------------------------------------------
