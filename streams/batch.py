@@ -467,6 +467,7 @@ class StreamProcessor:
             self.handler(record)
         except Exception as error:
             return self._recover(record, error, deadline, function)
+        record._release()  # what it decoded goes now, not when the batch ends
         if self._halt.count:
             self._halt.success()
         return _Recovery()
@@ -478,6 +479,7 @@ class StreamProcessor:
             await cast(Awaitable[object], self.handler(record))
         except Exception as error:
             return await self._recover_async(record, error, deadline, function)
+        record._release()  # what it decoded goes now, not when the batch ends
         if self._halt.count:
             self._halt.success()
         return _Recovery()

@@ -11,16 +11,20 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aws_lambda_powertools import Logger
 
 from streams import StreamProcessor
 from streams.records import parse_records
-from tests.factories import MemorySink, dynamodb_event, kinesis_record
+from tests.factories import MemorySink, dynamodb_event, dynamodb_record, kinesis_record
 
 
-def make(handler: Any) -> StreamProcessor:
+def make(handler: Any, **settings: Any) -> StreamProcessor:
     return StreamProcessor(
-        handler, dead_letters=MemorySink(), logger=Logger(service="test", stream=io.StringIO())
+        handler,
+        dead_letters=MemorySink(),
+        logger=Logger(service="test", stream=io.StringIO()),
+        **settings,
     )
 
 
@@ -40,6 +44,27 @@ def test_a_handled_records_decoded_images_are_let_go_before_the_batch_ends() -> 
     make(handle).process(dynamodb_event(5))
 
     assert held_by_others == [[]] * 8
+
+
+@pytest.mark.parametrize("handler_kind", ["threads", "async"])
+def test_records_handled_in_parallel_let_go_of_their_images_too(handler_kind: str) -> None:
+    records = parse_records(
+        {"Records": [dynamodb_record(n, child=f"c-{n % 3}") for n in range(1, 10)]}
+    )
+    images: list[Any] = []
+
+    def bind(record: Any) -> None:
+        images.extend([record.new_image, record.keys])
+
+    async def bind_async(record: Any) -> None:
+        bind(record)
+
+    processor = make(bind if handler_kind == "threads" else bind_async, concurrency=4)
+    assert processor.run(records).done == 9
+
+    # The views are still here (held by `records`); what they decoded is no longer theirs.
+    held = [referrer for image in images for referrer in gc.get_referrers(image)]
+    assert [referrer for referrer in held if referrer is not images] == []
 
 
 def test_a_records_images_read_after_it_is_done_decode_again_to_the_same_values() -> None:
@@ -98,6 +123,7 @@ def test_cycles_a_handler_leaves_behind_are_collected_by_the_next_young_collecti
 
 WARM_PROCESS = """
 import collections, contextlib, io
+import pytest
 from aws_lambda_powertools import Logger
 from streams import StreamProcessor
 from tests.factories import MemorySink, dynamodb_event
