@@ -7,7 +7,6 @@ clients: the request still goes to moto unless the hook fails it first.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
 from streams.backoff import Backoff
@@ -31,49 +29,7 @@ from streams.sources import (
 )
 from streams.sources.kinesis import LATEST_RENEWAL_MARGIN_SECONDS
 from streams.sources.reader import DEFAULT_BACKOFF as READER_BACKOFF
-
-# --- botocore hooks on a real client ------------------------------------------------------
-
-
-class Hooks:
-    """Record each call's parameters, fail chosen calls before they reach moto, edit replies."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._service = client.meta.service_model.service_id.hyphenize()
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        client.meta.events.register(f"provide-client-params.{self._service}", self._record)
-
-    def _record(
-        self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any
-    ) -> None:
-        self.calls.append((model.name, copy.deepcopy(params)))
-        context["test_params"] = self.calls[-1][1]
-
-    def params(self, operation: str) -> list[dict[str, Any]]:
-        return [params for name, params in self.calls if name == operation]
-
-    def fail_next(self, operation: str, *codes: str) -> None:
-        pending = list(codes)
-
-        def fail(**_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
-            if not pending:
-                return None
-            code = pending.pop(0)
-            error = {"Error": {"Code": code, "Message": f"injected {code}"}}
-            return AWSResponse("http://127.0.0.1/", 400, {}, None), error
-
-        self._client.meta.events.register(f"before-call.{self._service}.{operation}", fail)
-
-    def edit_replies(
-        self, operation: str, edit: Callable[[dict[str, Any], dict[str, Any]], None]
-    ) -> None:
-        """`edit(parsed, params)` changes moto's parsed reply in place."""
-
-        def after(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-            edit(parsed, context["test_params"])
-
-        self._client.meta.events.register(f"after-call.{self._service}.{operation}", after)
+from tests.aws_hooks import Hooks
 
 
 @dataclass
