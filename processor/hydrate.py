@@ -2,8 +2,9 @@
 
 Triggered by the on-failure queue, so that recovering the records Lambda gave up on does not
 depend on someone running `streams dlq hydrate` within the stream's 24 hours. Same code as the
-command (`streams.hydrate`). A message whose records could not all be parked is reported as a
-batch item failure and comes back later; records the stream no longer has are logged as lost.
+command (`streams.hydrate`). A message whose records could not all be parked, or whose range
+could not be read to its end (throttled, failing), is reported as a batch item failure and
+comes back later; records the stream no longer has are logged as lost.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[dict[s
             logger.error(
                 "records left the stream before they could be hydrated",
                 extra={**fields, "expired": outcome.expired},
+            )
+        if outcome.unfinished:
+            logger.warning(
+                "reading the records back did not finish (throttled or failing): the on-failure "
+                "record comes back for another try",
+                extra=fields,
             )
         if not outcome.complete:
             failures.append({"itemIdentifier": message_id})

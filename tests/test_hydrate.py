@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from typing import Any
 
@@ -9,9 +10,12 @@ import boto3
 import pytest
 
 from streams.cli import main
-from streams.hydrate import NotAnOnFailureRecord, parse_on_failure
+from streams.cli.endpoint import Endpoint
+from streams.deadletter import SqsDeadLetterQueue
+from streams.hydrate import Hydrator, NotAnOnFailureRecord, parse_on_failure
 from streams.ops.dlq import DeadLetterQueueReader
 from streams.sources import DynamoDBStreamSource, Position
+from tests.aws_hooks import Hooks
 
 
 def on_failure_record(
@@ -109,23 +113,71 @@ def test_hydrate_parks_the_records_an_on_failure_record_points_to_and_deletes_it
     assert sqs.receive_message(QueueUrl=on_failure).get("Messages", []) == []
 
 
-def test_records_no_longer_in_the_stream_are_reported_as_expired(
+def test_records_the_stream_answers_are_trimmed_are_reported_as_expired(
+    aws: boto3.Session,
+    stream: tuple[str, str, list[dict[str, Any]]],
+    queues: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Proof that records are gone: the stream answers TrimmedDataAccessException for the
+    batch's start and its oldest record is past the batch (records 0 and 1 trimmed, as after
+    24 hours; moto never trims, so the hook does what the retention would)."""
+    arn, shard, records = stream
+    dlq, on_failure = queues
+    numbers = [r["dynamodb"]["SequenceNumber"] for r in records]
+    session = boto3.Session(region_name=aws.region_name)
+    hooks = Hooks(session, "dynamodb-streams")
+
+    def trimmed(params: dict[str, Any]) -> str | None:
+        number = params.get("SequenceNumber")
+        if number is None:
+            return None
+        # The first position still in the shard: AT records[2], or AFTER records[1].
+        after = params["ShardIteratorType"] == "AFTER_SEQUENCE_NUMBER"
+        gone = int(number) < int(numbers[1]) if after else int(number) < int(numbers[2])
+        return "TrimmedDataAccessException" if gone else None
+
+    def oldest_left(params: dict[str, Any]) -> None:
+        if params["ShardIteratorType"] == "TRIM_HORIZON":
+            params["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+            params["SequenceNumber"] = numbers[1]
+
+    hooks.fail_when("GetShardIterator", trimmed)
+    hooks.edit_requests("GetShardIterator", oldest_left)
+    monkeypatch.setattr(Endpoint, "session", lambda self: session)
+    aws.client("sqs").send_message(
+        QueueUrl=on_failure,
+        MessageBody=json.dumps(on_failure_record(arn, shard, numbers[0], numbers[1], 2)),
+    )
+    assert main(["dlq", "hydrate", "--queue-url", dlq, "--from-queue", on_failure]) == 1
+    captured = capsys.readouterr()
+    assert "2 of 2 records" in captured.err and "cannot be recovered" in captured.err
+    assert "expired 2" in captured.out and "kept for a retry 0" in captured.out
+    assert aws.client("sqs").receive_message(QueueUrl=on_failure).get("Messages", []) == []
+
+
+def test_records_not_found_in_an_open_shard_are_kept_not_reported_lost(
     aws: boto3.Session,
     stream: tuple[str, str, list[dict[str, Any]]],
     queues: tuple[str, str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """A range the shard does not show (yet) is no proof that it is gone: nothing is reported
+    expired, the on-failure record stays (visible again when the run ends) and the run ends."""
     arn, shard, records = stream
     dlq, on_failure = queues
     last = records[-1]["dynamodb"]["SequenceNumber"]
     beyond = [str(int(last) + 100), str(int(last) + 101)]
-    aws.client("sqs").send_message(
+    sqs = aws.client("sqs")
+    sqs.send_message(
         QueueUrl=on_failure, MessageBody=json.dumps(on_failure_record(arn, shard, *beyond, 2))
     )
     assert main(["dlq", "hydrate", "--queue-url", dlq, "--from-queue", on_failure]) == 1
     captured = capsys.readouterr()
-    assert "2 of 2 records" in captured.err and "cannot be recovered" in captured.err
-    assert "expired 2" in captured.out
+    assert "expired 0" in captured.out and "kept for a retry 1" in captured.out
+    assert "did not finish" in captured.err
+    assert len(sqs.receive_message(QueueUrl=on_failure).get("Messages", [])) == 1
 
 
 def test_a_record_age_exceeded_record_has_no_response_context() -> None:
@@ -156,3 +208,76 @@ def test_an_sns_destination_is_unwrapped_and_kinesis_batch_info_is_read() -> Non
 def test_a_message_that_is_not_an_on_failure_record_is_refused() -> None:
     with pytest.raises(NotAnOnFailureRecord):
         parse_on_failure('{"hello": "world"}')
+
+
+# --- a failed read is never evidence that records are gone --------------------------------
+
+
+def _parked_records(aws: boto3.Session, queue_url: str) -> list[dict[str, Any]]:
+    reader = DeadLetterQueueReader(queue_url, sqs=aws.client("sqs"))
+    return [m.body["record"] for m in sorted(reader.receive_all(), key=lambda m: m.order())]
+
+
+def test_throttled_reads_leave_the_on_failure_record_for_the_next_try_of_the_function(
+    aws: boto3.Session,
+    stream: tuple[str, str, list[dict[str, Any]]],
+    queues: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The template's HydrateFunction, its stream throttled: the message comes back (a batch
+    item failure) and nothing is reported lost; the next try reads again and parks all five."""
+    arn, shard, records = stream
+    dlq, _ = queues
+    client = aws.client("dynamodbstreams")
+    throttled = [True]
+    Hooks(client).fail_when(
+        "GetRecords", lambda params: "LimitExceededException" if throttled[0] else None
+    )
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", dlq)
+    function = importlib.import_module("processor.hydrate")
+    hydrator = Hydrator(SqsDeadLetterQueue(dlq, sqs=aws.client("sqs")), dynamodbstreams=client)
+    monkeypatch.setattr(function, "hydrator", hydrator)
+    first, last = (records[i]["dynamodb"]["SequenceNumber"] for i in (0, -1))
+    body = json.dumps(on_failure_record(arn, shard, first, last, 5))
+    event = {"Records": [{"messageId": "m-1", "body": body}]}
+
+    assert function.lambda_handler(event, None) == {
+        "batchItemFailures": [{"itemIdentifier": "m-1"}]
+    }
+    assert _parked_records(aws, dlq) == []
+
+    throttled[0] = False
+    assert function.lambda_handler(event, None) == {"batchItemFailures": []}
+    assert _parked_records(aws, dlq) == records
+
+
+def test_streams_dlq_hydrate_keeps_an_on_failure_record_whose_reads_were_throttled(
+    aws: boto3.Session,
+    stream: tuple[str, str, list[dict[str, Any]]],
+    queues: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    arn, shard, records = stream
+    dlq, on_failure = queues
+    # The command makes its own clients: the hook goes on the session it makes them from.
+    session = boto3.Session(region_name=aws.region_name)
+    throttled = [True]
+    Hooks(session, "dynamodb-streams").fail_when(
+        "GetRecords", lambda params: "LimitExceededException" if throttled[0] else None
+    )
+    monkeypatch.setattr(Endpoint, "session", lambda self: session)
+    first, last = (records[i]["dynamodb"]["SequenceNumber"] for i in (0, -1))
+    aws.client("sqs").send_message(
+        QueueUrl=on_failure, MessageBody=json.dumps(on_failure_record(arn, shard, first, last, 5))
+    )
+    command = ["dlq", "hydrate", "--queue-url", dlq, "--from-queue", on_failure]
+
+    assert main(command) == 1
+    out = capsys.readouterr().out
+    assert "hydrated 0 records" in out and "expired 0" in out and "kept for a retry 1" in out
+
+    throttled[0] = False
+    assert main(command) == 0
+    assert "hydrated 5 records from 1 on-failure records; expired 0" in capsys.readouterr().out
+    assert _parked_records(aws, dlq) == records

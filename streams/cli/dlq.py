@@ -26,6 +26,7 @@ from streams.ops.dlq import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -232,22 +233,39 @@ def _hydrate(args: argparse.Namespace) -> int:
     )
     failures = OnFailureQueue(source_url, sqs=reader.sqs)
     totals = {"batches": 0, "parked": 0, "expired": 0, "kept": 0}
-    for message, batch in failures.receive_all():
-        outcome = hydrator.hydrate(batch)
-        totals["batches"] += 1
-        totals["parked"] += outcome.parked
-        totals["expired"] += outcome.expired
-        if outcome.expired:
-            print(
-                f"{outcome.expired} of {batch.batch_size} records of shard {batch.shard_id} "
-                f"({batch.start_sequence_number}..{batch.end_sequence_number}) have left the "
-                "stream: they cannot be recovered",
-                file=sys.stderr,
+    # A kept message stays invisible until the run ends (else the drain would receive it
+    # again at once, for ever), then is released on every way out so a new run can try it.
+    kept: list[MessageTypeDef] = []
+    try:
+        for message, batch in failures.receive_all():
+            outcome = hydrator.hydrate(batch)
+            totals["batches"] += 1
+            totals["parked"] += outcome.parked
+            totals["expired"] += outcome.expired
+            where = (
+                f"shard {batch.shard_id} "
+                f"({batch.start_sequence_number}..{batch.end_sequence_number})"
             )
-        if outcome.complete:
-            failures.delete(message)
-        else:
-            totals["kept"] += 1  # it comes back after its visibility timeout
+            if outcome.expired:
+                print(
+                    f"{outcome.expired} of {batch.batch_size} records of {where} have left the "
+                    "stream: they cannot be recovered",
+                    file=sys.stderr,
+                )
+            if outcome.unfinished:
+                print(
+                    f"reading {where} did not finish (throttled, failing, or nothing found "
+                    "yet): its on-failure record stays for the next run",
+                    file=sys.stderr,
+                )
+            if outcome.complete:
+                failures.delete(message)
+            else:
+                totals["kept"] += 1
+                kept.append(message)
+    finally:
+        for message in kept:
+            failures.release(message)
     print(
         f"hydrated {totals['parked']} records from {totals['batches']} on-failure records; "
         f"expired {totals['expired']}; on-failure records kept for a retry {totals['kept']}"
