@@ -26,8 +26,10 @@ __all__ = [
     "EVENT_COUNT_METRICS",
     "EVENT_COUNT_NAMES",
     "FUNCTION_METRICS",
+    "MAPPING_COUNT_NAMES",
     "EventCountName",
     "FunctionMetricName",
+    "MappingCountName",
     "MetricName",
     "function_count_name",
     "parse_function_count",
@@ -58,8 +60,13 @@ EventCountName = Literal[
     "OnFailureDestinationDeliveredEventCount",
     "DestinationDeliveryFailures",
 ]
-#: The mapping's metrics: `IteratorAge` and the event counts.
-MetricName = Literal["IteratorAge"] | EventCountName
+#: Counts of our own, beside AWS's: `ExpiredRanges`, the times a shard's position had left the
+#: stream (past its retention) when the mapping read it, so that it went on at the oldest record
+#: still there. How many records each range held cannot be known (sequence numbers have gaps).
+MappingCountName = Literal["ExpiredRanges"]
+MAPPING_COUNT_NAMES: Final[tuple[MappingCountName, ...]] = get_args(MappingCountName)
+#: The mapping's metrics: `IteratorAge`, the event counts and its own counts.
+MetricName = Literal["IteratorAge"] | EventCountName | MappingCountName
 
 EVENT_COUNT_NAMES: Final[tuple[EventCountName, ...]] = get_args(EventCountName)
 EVENT_COUNT_METRICS: Final[frozenset[MetricName]] = frozenset(EVENT_COUNT_NAMES)

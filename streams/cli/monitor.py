@@ -356,6 +356,7 @@ def _render(
 _LOSSES: Final = (
     ("DroppedEventCount", "records dropped"),
     ("DestinationDeliveryFailures", "failed sends to the on-failure destination"),
+    ("ExpiredRanges", "ranges of records expired from the stream before they were read"),
 )
 #: A shard is named by the last characters of its id that tell it from the others, at least
 #: these many (a DynamoDB shard id ends in 8 characters of its own), so the table fits 80 columns.
@@ -438,7 +439,8 @@ def _rows_table(
 
 
 def _loss_lines(snapshot: MonitorSnapshot, names: Mapping[str, str]) -> list[str]:
-    """One line per row that lost records (DroppedEventCount, DestinationDeliveryFailures)."""
+    """One line per row that lost records (DroppedEventCount, DestinationDeliveryFailures,
+    ExpiredRanges)."""
     lines = []
     for row in snapshot.rows:
         lost = [

@@ -187,6 +187,15 @@ class ShardWorker:
             result = self._reader.read(limit)
             if result.throttled:
                 continue  # the reader has waited its backoff already
+            if result.expired is not None:
+                # The checkpoint (or the start) is older than the stream's retention: the reader
+                # went on at the oldest record still there. Said loudly and counted, never silent.
+                logger.warning(
+                    "shard %s: records %s have left the stream before they were read: lost",
+                    self.shard_id,
+                    result.expired.describe(),
+                )
+                self._context.emit(self.shard_id, "ExpiredRanges", 1)
             short = len(result.records) < limit
             self._accept(
                 result.records, at_tip=started if short else None, ended=result.shard_ended

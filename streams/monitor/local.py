@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 
 from streams.mapping.state.layout import DEFAULT_TABLE_NAME
 from streams.mapping.state.snapshot import MappingSnapshot, ShardSnapshot, read_mappings
-from streams.metrics import EVENT_COUNT_NAMES, function_count_name, parse_function_count
+from streams.metrics import (
+    EVENT_COUNT_NAMES,
+    MAPPING_COUNT_NAMES,
+    function_count_name,
+    parse_function_count,
+)
 from streams.monitor.model import MonitorSnapshot, QueueRef, Row, queue_depth, totals
 
 if TYPE_CHECKING:
@@ -27,6 +32,8 @@ __all__ = ["LocalMonitor"]
 # The batch core's counters, as the local mapping keeps them (docs/mapping-state.md).
 _PROCESSED = function_count_name("RecordsProcessed", {})
 _PARKED = function_count_name("RecordsParked", {})
+#: What a row shows of the state table's counts: the event counts and the mapping's own.
+_COUNTED = (*EVENT_COUNT_NAMES, *MAPPING_COUNT_NAMES)
 
 
 def _parked_by_reason(counts: Mapping[str, float]) -> dict[str, float]:
@@ -112,7 +119,7 @@ class LocalMonitor:
             processed=counts.get(_PROCESSED, 0.0),
             parked=counts.get(_PARKED, sum(by_reason.values())),
             parked_by_reason=by_reason,
-            event_counts={name: counts[name] for name in EVENT_COUNT_NAMES if name in counts},
+            event_counts={name: counts[name] for name in _COUNTED if name in counts},
             last_outcome=shard.last_outcome,
             updated_at=shard.updated_at,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from streams.sources.base import (
     EventSource,
+    ExpiredRange,
     Position,
     PositionKind,
     ReadResult,
@@ -26,6 +27,7 @@ from streams.sources.lineage import startable_shards
 __all__ = [
     "DynamoDBStreamSource",
     "EventSource",
+    "ExpiredRange",
     "KinesisStreamSource",
     "Position",
     "PositionKind",

@@ -15,6 +15,7 @@ from streams.records import EventSource
 
 __all__ = [
     "EventSource",
+    "ExpiredRange",
     "Position",
     "PositionKind",
     "ReadResult",
@@ -64,6 +65,33 @@ class Position:
 
 
 @dataclass(frozen=True)
+class ExpiredRange:
+    """Records of a shard that left the stream (past its retention) before a reader got to them.
+
+    The reader was at `since` (its position: after the last record it returned, or where it
+    started) when the stream answered that this position is trimmed; it went on at the oldest
+    record still in the shard, `first_remaining` (None when that read found no record). The
+    records between the two are gone. How many there were cannot be known: sequence numbers
+    grow with gaps, and the range may even be empty (the record at `since` was the last one
+    trimmed).
+    """
+
+    since: Position
+    first_remaining: str | None
+
+    def describe(self) -> str:
+        """The range in words, for a log line."""
+        if self.since.sequence_number is not None:
+            kind = "after" if self.since.kind == "AFTER_SEQUENCE_NUMBER" else "from"
+            start = f"{kind} sequence number {self.since.sequence_number}"
+        else:
+            start = f"from {self.since.kind}"
+        if self.first_remaining is None:
+            return f"{start} up to the oldest record still in the shard (none read yet)"
+        return f"{start} up to {self.first_remaining}, the oldest record still in the shard"
+
+
+@dataclass(frozen=True)
 class ReadResult:
     """One poll of a shard.
 
@@ -73,12 +101,15 @@ class ReadResult:
     cannot skip a record (`streams.sources.reader`). `throttled` is True when
     the read was throttled even after botocore's retries: the reader has already waited its
     backoff, `records` is empty, and the next `read` tries again from the same place.
+    `expired` is set on the first read after the reader found its position trimmed from the
+    stream and went on at the oldest record still there (`records` start there).
     """
 
     records: list[dict[str, Any]]
     shard_ended: bool
     millis_behind_latest: int | None = None
     throttled: bool = False
+    expired: ExpiredRange | None = None
 
 
 class ShardReader(Protocol):

@@ -65,6 +65,7 @@ class _DynamoDBStreamsApi:
             records=[
                 dynamodb_record_to_lambda(record, stream_arn=self._stream_arn) for record in listed
             ],
+            first_sequence_number=listed[0]["dynamodb"]["SequenceNumber"] if listed else None,
             last_sequence_number=listed[-1]["dynamodb"]["SequenceNumber"] if listed else None,
             next_iterator=response.get("NextShardIterator"),
             has_child_shards=False,

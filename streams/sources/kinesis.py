@@ -105,6 +105,7 @@ class _KinesisApi:
                 )
                 for record in listed
             ],
+            first_sequence_number=listed[0]["SequenceNumber"] if listed else None,
             last_sequence_number=listed[-1]["SequenceNumber"] if listed else None,
             next_iterator=response.get("NextShardIterator"),
             has_child_shards=bool(response.get("ChildShards")),

@@ -3,7 +3,8 @@
 A reader keeps one shard iterator and its own position (the last record it returned). Each
 `read` is one `GetRecords` call of at most `limit` records, so memory never depends on the
 backlog. It renews an expired iterator from its position, waits out throttling with backoff,
-and decides when a closed shard has ended.
+goes on at the oldest record still in the shard when its position has left the stream (and
+says so: `ReadResult.expired`), and decides when a closed shard has ended.
 
 A shard ends on evidence. The evidence is AWS's own signal: a page without a next iterator
 (both services) or with `ChildShards` (Kinesis). Some endpoints never send it (moto's Kinesis
@@ -34,13 +35,19 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError
 
 from streams.backoff import Backoff, is_throttling
-from streams.sources.base import Position, ReadResult, Shard
+from streams.sources.base import ExpiredRange, Position, ReadResult, Shard
 
 #: The pause between a reader's polls while its shard stays throttled (DynamoDB Streams answers
 #: LimitExceededException, Kinesis ProvisionedThroughputExceededException): botocore has already
 #: retried each call by the time a throttling error reaches the reader.
 DEFAULT_BACKOFF = Backoff(base=0.25, cap=10.0)
 EXPIRED_ITERATOR = "ExpiredIteratorException"
+#: DynamoDB Streams' answer for a position older than its 24 h retention (GetShardIterator with
+#: a trimmed sequence number, or GetRecords on an iterator whose next record was trimmed).
+TRIMMED = "TrimmedDataAccessException"
+# Positions found trimmed in one read before it gives up: TRIM_HORIZON is never trimmed, but the
+# oldest record can be trimmed between GetShardIterator and GetRecords.
+_TRIMMED_RESTARTS = 3
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ class Page:
     """One `GetRecords` response, records already in Lambda's shape."""
 
     records: list[dict[str, Any]]
+    first_sequence_number: str | None
     last_sequence_number: str | None
     next_iterator: str | None
     has_child_shards: bool
@@ -139,8 +147,14 @@ class StreamShardReader:
         self._throttled_reads = 0
         self._ended = False
         self._distrusted_ending: str | None = None  # the listed number not trusted, once logged
+        # Set when the position was found trimmed: where it was (reported with the next read),
+        # and that the reader goes on at TRIM_HORIZON until it has read a record there.
+        self._trimmed_since: Position | None = None
+        self._at_trim_horizon = False
 
     def _resume_position(self) -> Position:
+        if self._at_trim_horizon:
+            return Position("TRIM_HORIZON")
         if self._last_sequence_number is None:
             return self._start
         return Position("AFTER_SEQUENCE_NUMBER", sequence_number=self._last_sequence_number)
@@ -185,13 +199,29 @@ class StreamShardReader:
         )
         return position
 
+    def _fetch_past_trim(self, limit: int) -> Page:
+        """`_fetch`, going on at the oldest record still in the shard (TRIM_HORIZON) when the
+        stream answers that the reader's position has left it: what was there is gone, and
+        waiting cannot bring it back (the position would only fall further behind)."""
+        for _ in range(_TRIMMED_RESTARTS):
+            try:
+                return self._fetch(limit)
+            except ClientError as error:
+                if _error_code(error) != TRIMMED:
+                    raise
+            if self._trimmed_since is None:
+                self._trimmed_since = self._resume_position()
+            self._at_trim_horizon = True
+            self._iterator = None
+        return self._fetch(limit)
+
     def read(self, limit: int) -> ReadResult:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         if self._ended:
             return ReadResult(records=[], shard_ended=True)
         try:
-            page = self._fetch(min(limit, self._api.max_limit))
+            page = self._fetch_past_trim(min(limit, self._api.max_limit))
         except ClientError as error:
             if not is_throttling(error):
                 raise
@@ -199,8 +229,13 @@ class StreamShardReader:
             self._throttled_reads += 1
             return ReadResult(records=[], shard_ended=False, throttled=True)
         self._throttled_reads = 0
+        expired: ExpiredRange | None = None
+        if self._trimmed_since is not None:
+            expired = ExpiredRange(self._trimmed_since, page.first_sequence_number)
+            self._trimmed_since = None
         if page.last_sequence_number is not None:
             self._last_sequence_number = page.last_sequence_number
+            self._at_trim_horizon = False
         self._iterator = page.next_iterator
         rule = self._end_rule(page)
         if rule is not None:
@@ -211,6 +246,7 @@ class StreamShardReader:
             records=page.records,
             shard_ended=self._ended,
             millis_behind_latest=page.millis_behind_latest,
+            expired=expired,
         )
 
     def _end_rule(self, page: Page) -> str | None:
