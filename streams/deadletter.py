@@ -35,16 +35,21 @@ if TYPE_CHECKING:
     from streams.records import StreamRecord
 
 __all__ = [
+    "OVERFLOW_PREFIX",
     "REASONS",
     "DeadLetter",
     "DeadLetterSink",
     "ErrorInfo",
     "FunctionInfo",
+    "MalformedDeadLetter",
     "Reason",
     "SqsDeadLetterQueue",
     "dead_letter_message",
     "read_dead_letter",
 ]
+
+#: Where the producer puts messages too large for the queue, inside its bucket.
+OVERFLOW_PREFIX: Final = "dead-letters/"
 
 Reason = Literal["poison", "too-old", "hydrated"]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
@@ -268,7 +273,7 @@ class SqsDeadLetterQueue:
                 extra={"record": letter.record.log_fields()},
             )
             return None
-        key = f"dead-letters/{letter.failed_at:%Y/%m/%d}/{uuid.uuid4().hex}.json"
+        key = f"{OVERFLOW_PREFIX}{letter.failed_at:%Y/%m/%d}/{uuid.uuid4().hex}.json"
         try:
             self.s3.put_object(
                 Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json"
@@ -337,13 +342,51 @@ def _chunks(
     return chunks
 
 
-def read_dead_letter(body: str, s3: S3Client | None = None) -> dict[str, Any]:
-    """A dead-letter message from its SQS body, following an overflow pointer to S3."""
-    message: dict[str, Any] = json.loads(body)
+class MalformedDeadLetter(ValueError):
+    """A dead-letter message that is not one this library wrote (the reason says why, without
+    repeating any of the message's content)."""
+
+
+def read_dead_letter(
+    body: str, s3: S3Client | None = None, *, bucket: str | None = None
+) -> dict[str, Any]:
+    """A dead-letter message from its SQS body, following an overflow pointer to S3.
+
+    A pointer is followed only into `bucket` (the producer's `DEAD_LETTER_BUCKET`) and only
+    under `dead-letters/`: a message cannot make the reader fetch anything else. Raises
+    `MalformedDeadLetter` for a body that is not a JSON object, a pointer elsewhere (or with no
+    `bucket` given) and a pointer whose object is missing.
+    """
+    message = _json_object(body, "the message body")
     overflow = message.get("overflow")
     if overflow is None:
         return message
+    if not isinstance(overflow, dict) or not all(
+        isinstance(overflow.get(name), str) for name in ("bucket", "key")
+    ):
+        raise MalformedDeadLetter("an overflow pointer without a bucket and a key")
+    if bucket is None:
+        raise MalformedDeadLetter("an overflow pointer, but no overflow bucket is known to follow")
+    if overflow["bucket"] != bucket or not overflow["key"].startswith(OVERFLOW_PREFIX):
+        raise MalformedDeadLetter(
+            f"an overflow pointer outside s3://{bucket}/{OVERFLOW_PREFIX}: not followed"
+        )
     client = s3 if s3 is not None else boto3.client("s3")
-    stored = client.get_object(Bucket=overflow["bucket"], Key=overflow["key"])["Body"].read()
-    full: dict[str, Any] = json.loads(stored)
-    return full
+    try:
+        stored = client.get_object(Bucket=bucket, Key=overflow["key"])["Body"].read()
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in {"NoSuchKey", "404", "NotFound"}:
+            raise MalformedDeadLetter("its overflow object is missing") from None
+        raise
+    return _json_object(stored, "the overflow object")
+
+
+def _json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise MalformedDeadLetter(f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise MalformedDeadLetter(f"{what} is not a JSON object")
+    return value

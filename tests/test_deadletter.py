@@ -123,7 +123,7 @@ def test_a_message_over_the_queues_limit_goes_to_the_bucket_with_a_pointer(
     assert "record" not in pointer
     assert pointer["overflow"]["bucket"] == unique_name
     assert pointer["sequenceNumber"] == "2"
-    full = read_dead_letter(message["Body"], s3)
+    full = read_dead_letter(message["Body"], s3, bucket=unique_name)
     assert full["record"] == event["Records"][1]
     assert "Traceback" in full["error"]["traceback"]
 
@@ -161,7 +161,10 @@ def test_the_queue_comes_from_the_environment_and_its_absence_is_a_clear_error()
 
 
 def test_the_parked_line_names_the_sqs_message_that_streams_dlq_show_prints_in_full(
-    aws: boto3.Session, unique_name: str, capsys: pytest.CaptureFixture[str]
+    aws: boto3.Session,
+    unique_name: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The log keeps the error's message out; its id leads to it (and to the traceback)."""
     sqs, s3 = aws.client("sqs"), aws.client("s3")
@@ -195,6 +198,7 @@ def test_the_parked_line_names_the_sqs_message_that_streams_dlq_show_prints_in_f
     ids = [line["deadLetterMessageId"] for line in lines if line["message"] == "record parked"]
     assert len(ids) == 2
     capsys.readouterr()
+    monkeypatch.setenv("DEAD_LETTER_BUCKET", unique_name)  # the bucket pointers may lead into
     for message_id in ids:
         assert main(["dlq", "show", message_id, "--queue-url", url]) == 0
         shown = json.loads(capsys.readouterr().out)

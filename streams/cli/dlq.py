@@ -14,7 +14,9 @@ from streams.cli.endpoint import Endpoint, current_endpoint
 from streams.deadletter import REASONS, SqsDeadLetterQueue
 from streams.errors import UserError
 from streams.hydrate import Hydrator, OnFailureQueue
+from streams.local.endpoint import read_recorded_endpoint
 from streams.local.stack import stack_outputs
+from streams.local.template import plan_template
 from streams.ops.dlq import (
     DEFAULT_VISIBILITY_SECONDS,
     DeadLetterQueueReader,
@@ -58,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show = commands.add_parser(
         "show", parents=[common], help="one parked record in full (record and traceback)"
     )
-    show.add_argument("message_id", metavar="ID", help="the message id `list` shows")
+    show.add_argument(
+        "message_id", metavar="ID", help="the message id `list` shows, or a unique prefix of it"
+    )
     show.set_defaults(func=_show)
 
     replay = commands.add_parser(
@@ -79,6 +83,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_VISIBILITY_SECONDS,
         help="seconds the messages stay invisible to others while this run works (default 900)",
     )
+    sources = replay.add_mutually_exclusive_group()
+    sources.add_argument(
+        "--stream-arn",
+        help="replay only records of this stream (default: the recorded stack's "
+        "SourceTableStreamArn); records of any other stay parked",
+    )
+    sources.add_argument("--any-source", action="store_true", help="replay records of every stream")
     replay.set_defaults(func=_redrive)
 
     hydrate = commands.add_parser(
@@ -139,11 +150,57 @@ def _reader(
     sqs, s3 = _clients(endpoint)
     url = _queue(args, endpoint)
     print(f"dead-letter queue: {url}", file=sys.stderr)
-    return DeadLetterQueueReader(url, sqs=sqs, s3=s3, visibility_seconds=visibility), endpoint
+    bucket = os.environ.get("DEAD_LETTER_BUCKET") or _stack_output(endpoint, "DeadLetterBucketName")
+    reader = DeadLetterQueueReader(
+        url, sqs=sqs, s3=s3, bucket=bucket, visibility_seconds=visibility
+    )
+    return reader, endpoint
+
+
+def _use_function_environment(endpoint: Endpoint) -> None:
+    """Against the stack `streams local up` recorded, the handler runs with its function's
+    environment (the stack's resources, the region, the endpoint and its credentials), as
+    `streams run` gives it; variables already set win, except credentials."""
+    recorded = read_recorded_endpoint()
+    if not endpoint.is_local or recorded is None or endpoint.stack_name is None:
+        return
+    if recorded.template is None or recorded.endpoint_url != endpoint.url:
+        return
+    cloudformation = endpoint.session().client("cloudformation", endpoint_url=endpoint.url)
+    outputs = stack_outputs(cloudformation, endpoint.stack_name) or {}
+    plan = plan_template(recorded.template, region=endpoint.region)
+    functions, _ = plan.functions(outputs)
+    streamed = [spec for spec in functions.values() if spec.event_sources]
+    if len(streamed) != 1:
+        return  # no one function the handler belongs to: the user's environment decides
+    credentials = endpoint.session().get_credentials()
+    frozen = credentials.get_frozen_credentials() if credentials is not None else None
+    environment = {
+        **streamed[0].environment,
+        "AWS_ENDPOINT_URL": str(endpoint.url),
+        "AWS_REGION": endpoint.region,
+        "AWS_DEFAULT_REGION": endpoint.region,
+    }
+    for name, value in environment.items():
+        os.environ.setdefault(name, value)
+    if frozen is not None:  # the local endpoint's own: real credentials are never sent to it
+        os.environ["AWS_ACCESS_KEY_ID"] = str(frozen.access_key)
+        os.environ["AWS_SECRET_ACCESS_KEY"] = str(frozen.secret_key)
+        os.environ.pop("AWS_SESSION_TOKEN", None)
 
 
 def _summary(message: ParkedMessage) -> dict[str, Any]:
     body = message.body
+    if message.malformed is not None:
+        return {
+            "id": message.message_id,
+            "reason": "malformed",
+            "errorType": message.malformed,
+            "failedAt": None,
+            "shardId": None,
+            "sequenceNumber": None,
+            "keys": None,
+        }
     return {
         "id": message.message_id,
         "failedAt": body.get("failedAt"),
@@ -169,21 +226,31 @@ def _list(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row, default=str))
         return 0
+    from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{len(rows)} parked records")
-    for column in ("failed at", "reason", "error type", "shard", "keys", "id"):
-        table.add_column(column)
+    # A rule under the header and nothing else, so the other columns keep what the id leaves.
+    table = Table(
+        title=f"{len(rows)} parked records", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False
+    )
+    for column in ("failed at", "reason", "error type", "shard", "keys"):
+        table.add_column(column, overflow="fold")
+    # An id is what `show` takes: never cut short, whatever the terminal's width.
+    widest = max((len(row["id"]) for row in rows), default=2)
+    table.add_column("id", no_wrap=True, min_width=widest)
     for row in rows:
-        table.add_row(
-            str(row["failedAt"]),
+        cells = (
+            str(row["failedAt"] or "-"),
             row["reason"],
             row["errorType"],
             str(row["shardId"] or "-"),
             json.dumps(row["keys"], default=str),
             row["id"],
         )
+        # Text from the queue is printed as text, never read as Rich markup.
+        table.add_row(*(Text(cell) for cell in cells))
     Console().print(table)
     return 0
 
@@ -191,16 +258,33 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     reader, _ = _reader(args)
     messages = reader.peek()
-    for message in messages:
-        if message.message_id == args.message_id:
-            print(json.dumps({"id": message.message_id, **message.body}, indent=2, default=str))
-            return 0
-    raise UserError(f"no parked record with id {args.message_id} (see `streams dlq list`)")
+    found = [m for m in messages if m.message_id.startswith(args.message_id)]
+    exact = [m for m in found if m.message_id == args.message_id]
+    if len(found) > 1 and not exact:
+        raise UserError(
+            f"{len(found)} parked records have ids starting {args.message_id!r}: give more of it"
+        )
+    if not found:
+        raise UserError(f"no parked record with id {args.message_id} (see `streams dlq list`)")
+    message = (exact or found)[0]
+    if message.malformed is not None:
+        print(json.dumps({"id": message.message_id, "malformed": message.malformed}, indent=2))
+        return 0
+    print(json.dumps({"id": message.message_id, **message.body}, indent=2, default=str))
+    return 0
 
 
 def _redrive(args: argparse.Namespace) -> int:
+    reader, endpoint = _reader(args, visibility=args.visibility_timeout)
+    source_arn: str | None = None
+    if not args.any_source:
+        source_arn = args.stream_arn or _stack_output(endpoint, "SourceTableStreamArn")
+        if not source_arn:
+            raise UserError(
+                "which stream's records to replay? pass --stream-arn ARN (or --any-source)"
+            )
+    _use_function_environment(endpoint)
     handler = load_handler(args.handler)
-    reader, _ = _reader(args, visibility=args.visibility_timeout)
     if args.dry_run:
         messages = reader.peek(args.limit)
         for group in replay_order(messages):
@@ -211,10 +295,21 @@ def _redrive(args: argparse.Namespace) -> int:
     queue = SqsDeadLetterQueue(reader.queue_url, sqs=reader.sqs, s3=reader.s3)
     # The core's logs and metrics (EMF lines) are for a function's log; here they go to stderr.
     with contextlib.redirect_stdout(sys.stderr):
-        report = redrive(reader, handler, dead_letters=queue, limit=args.limit)
+        report = redrive(
+            reader, handler, dead_letters=queue, limit=args.limit, source_arn=source_arn
+        )
+    for message in report.malformed:
+        print(f"malformed message {message.message_id}: {message.malformed}", file=sys.stderr)
+    if report.other_source:
+        print(
+            f"{len(report.other_source)} records of another stream than {source_arn} left "
+            "parked (--any-source replays them)",
+            file=sys.stderr,
+        )
     print(
         f"replayed {len(report.replayed)}, parked again {len(report.parked_again)}, "
-        f"left for later {len(report.left)}"
+        f"left for later {len(report.left)}, malformed {len(report.malformed)}, "
+        f"other stream {len(report.other_source)}"
     )
     return 0 if report.ok else 1
 

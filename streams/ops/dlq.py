@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from streams.batch import Handler, StreamProcessor
-from streams.deadletter import SqsDeadLetterQueue, read_dead_letter
+from streams.deadletter import MalformedDeadLetter, SqsDeadLetterQueue, read_dead_letter
 from streams.errors import UserError
 from streams.queues import drain
 from streams.records import DynamoDBRecord, KinesisRecord, RecordDecodeError, StreamRecord
@@ -37,6 +37,9 @@ class ParkedMessage:
     message_id: str
     receipt_handle: str
     body: dict[str, Any]
+    #: Why the message is not a dead letter this reader can use (None when it is): it is
+    #: listed as malformed, never replayed, and stays in the queue. The reason holds no content.
+    malformed: str | None = None
 
     @property
     def reason(self) -> str:
@@ -92,15 +95,20 @@ class DeadLetterQueueReader:
         *,
         sqs: SQSClient,
         s3: S3Client | None = None,
+        bucket: str | None = None,
         visibility_seconds: int = DEFAULT_VISIBILITY_SECONDS,
     ) -> None:
         self.queue_url = queue_url
         self.sqs = sqs
         self.s3 = s3
+        self.bucket = bucket  # the only bucket an overflow pointer is followed into
         self.visibility_seconds = visibility_seconds
 
     def receive_all(self, limit: int | None = None) -> list[ParkedMessage]:
-        """Every visible message (up to `limit`), now invisible to others until released."""
+        """Every visible message (up to `limit`), now invisible to others until released.
+
+        A message that cannot be read as a dead letter comes back with `malformed` set; if
+        receiving fails part way, what was received is released before the error goes on."""
         messages: list[ParkedMessage] = []
         try:
             for message in drain(
@@ -110,11 +118,24 @@ class DeadLetterQueueReader:
                 limit=limit,
                 attributes=True,
             ):
-                body = read_dead_letter(message["Body"], self.s3)
-                messages.append(ParkedMessage(message["MessageId"], message["ReceiptHandle"], body))
-        except ClientError as error:
-            raise _queue_error(self.queue_url, error) from None
+                # One at a time (not extend): what was received before a failure is released.
+                messages.append(  # noqa: PERF401
+                    self._parse(message["MessageId"], message["ReceiptHandle"], message["Body"])
+                )
+        except BaseException as error:
+            self.release(messages)
+            if isinstance(error, ClientError):
+                raise _queue_error(self.queue_url, error) from None
+            raise
         return messages
+
+    def _parse(self, message_id: str, receipt_handle: str, text: str) -> ParkedMessage:
+        try:
+            body = read_dead_letter(text, self.s3, bucket=self.bucket)
+            _check_fields(body)
+        except MalformedDeadLetter as error:
+            return ParkedMessage(message_id, receipt_handle, {}, malformed=str(error))
+        return ParkedMessage(message_id, receipt_handle, body)
 
     def peek(self, limit: int | None = None) -> list[ParkedMessage]:
         """Every visible message (up to `limit`), released again at once: they stay parked."""
@@ -151,6 +172,18 @@ class DeadLetterQueueReader:
             raise _queue_error(self.queue_url, error) from None
 
 
+def _check_fields(body: dict[str, Any]) -> None:
+    """The fields the tools rely on have their types (DESIGN.md's version-1 message)."""
+    if not isinstance(body.get("record"), dict):
+        raise MalformedDeadLetter("its record is not a JSON object")
+    sub = body.get("subSequenceNumber")
+    if sub is not None and (isinstance(sub, bool) or not isinstance(sub, int)):
+        raise MalformedDeadLetter("its subSequenceNumber is not a whole number")
+    sequence = body.get("sequenceNumber")
+    if sequence is not None and not (isinstance(sequence, str) and sequence.isdigit()):
+        raise MalformedDeadLetter("its sequenceNumber is not a string of digits")
+
+
 def _chunks(messages: Sequence[ParkedMessage]) -> Iterator[Sequence[ParkedMessage]]:
     for start in range(0, len(messages), 10):
         yield messages[start : start + 10]
@@ -168,10 +201,14 @@ class RedriveReport:
     replayed: list[ParkedMessage] = field(default_factory=list)
     parked_again: list[ParkedMessage] = field(default_factory=list)
     left: list[ParkedMessage] = field(default_factory=list)
+    #: Not replayed, left in the queue: messages that are not dead letters, and records of a
+    #: stream other than the one the run expects.
+    malformed: list[ParkedMessage] = field(default_factory=list)
+    other_source: list[ParkedMessage] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.parked_again and not self.left
+        return not (self.parked_again or self.left or self.malformed or self.other_source)
 
 
 def replay_order(messages: Sequence[ParkedMessage]) -> list[list[ParkedMessage]]:
@@ -188,20 +225,30 @@ def redrive(
     *,
     dead_letters: SqsDeadLetterQueue,
     limit: int | None = None,
+    source_arn: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RedriveReport:
     """Replay parked records through `handler`, inside `StreamProcessor` as everywhere.
 
     Per key, in stream order. A message is deleted only once its record was handled, or parked
     again with its new error (then it is counted as parked again). A record that fails
-    transiently stays where it was, with the rest of its key behind it.
+    transiently stays where it was, with the rest of its key behind it. Malformed messages, and
+    records whose `eventSourceARN` is not `source_arn` (when given), are not replayed and stay.
     """
     processor = StreamProcessor(handler, dead_letters=dead_letters, max_record_age=None)
     messages = reader.receive_all(limit)
     report = RedriveReport()
     done = 0
     try:
-        for group in replay_order(messages):
+        replayable: list[ParkedMessage] = []
+        for message in messages:
+            if message.malformed is not None:
+                report.malformed.append(message)
+            elif source_arn is not None and message.body.get("eventSourceARN") != source_arn:
+                report.other_source.append(message)
+            else:
+                replayable.append(message)
+        for group in replay_order(replayable):
             views: list[StreamRecord] = []
             for message in group:
                 try:
@@ -217,7 +264,7 @@ def redrive(
             report.left.extend(group[result.done :])
             done += len(group)
             if progress is not None:
-                progress(done, len(messages))
+                progress(done, len(replayable))
     finally:
         handled = {id(m) for m in report.replayed + report.parked_again}
         reader.release([m for m in messages if id(m) not in handled])
