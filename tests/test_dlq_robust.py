@@ -4,11 +4,16 @@ own bucket, prints queue text as text, and replays only the stream it is told to
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import boto3
 import pytest
 
 from streams.cli import main
+from streams.local.endpoint import RecordedEndpoint, record_endpoint
+from streams.local.stack import deploy_template
 from tests import dlq_handlers
 from tests.factories import STREAM_ARN, dynamodb_record
 from tests.test_dlq import depth, park
@@ -130,3 +135,39 @@ def test_redrive_replays_only_the_expected_streams_records(
     assert [key for key, _ in dlq_handlers.HANDLED] == ["c-1"]
     assert main([*command, "--any-source"]) == 0
     assert [key for key, _ in dlq_handlers.HANDLED] == ["c-1", "c-2"]
+
+
+def test_the_readmes_redrive_of_the_worked_example_works_against_the_recorded_stack(  # noqa: PLR0917
+    moto_endpoint: str,
+    aws: boto3.Session,
+    unique_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`streams dlq redrive --handler processor.app:handle`, as written: the example's module
+    needs DELIVERY_TABLE_NAME, a region and the endpoint, which the recorded stack gives."""
+    template = Path(__file__).resolve().parent.parent / "template.yaml"
+    stack = deploy_template(template, endpoint_url=moto_endpoint, stack_name=unique_name)
+    monkeypatch.chdir(tmp_path)
+    record_endpoint(
+        RecordedEndpoint(moto_endpoint, "us-east-1", unique_name, str(template), os.getpid())
+    )
+    record = dynamodb_record(1, child="c-9")
+    record["eventSourceARN"] = stack.outputs["SourceTableStreamArn"]
+    record["dynamodb"]["NewImage"]["address"] = {"M": {"street": {"S": "1 Snow Lane"}}}
+    park(stack.outputs["DeadLetterQueueUrl"], [record])
+    # The environment a user's shell has: none of the function's variables, no endpoint.
+    function = stack.function("ProcessorFunction")
+    aws_names = ["AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"]
+    aws_names += ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    for name in [*function.environment, *aws_names]:
+        monkeypatch.setenv(name, "")  # so that teardown removes what the command sets
+        monkeypatch.delenv(name)
+    monkeypatch.delitem(sys.modules, "processor.app", raising=False)
+    capsys.readouterr()
+
+    assert main(["dlq", "redrive", "--handler", "processor.app:handle"]) == 0
+    assert "replayed 1" in capsys.readouterr().out
+    items = aws.client("dynamodb").scan(TableName=stack.outputs["DeliveryTableName"])["Items"]
+    assert [item["childId"]["S"] for item in items] == ["c-9"]
