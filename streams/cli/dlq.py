@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from streams.cli.common import load_handler
 from streams.cli.endpoint import Endpoint, current_endpoint
 from streams.deadletter import REASONS, SqsDeadLetterQueue
+from streams.endpoints import service_endpoint
 from streams.errors import UserError
 from streams.hydrate import Hydrator, OnFailureQueue
 from streams.local.endpoint import read_recorded_endpoint
@@ -116,15 +117,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _clients(endpoint: Endpoint) -> tuple[SQSClient, S3Client]:
     session = endpoint.session()
     return (
-        session.client("sqs", endpoint_url=endpoint.url),
-        session.client("s3", endpoint_url=endpoint.url),
+        session.client("sqs", endpoint_url=service_endpoint("sqs", endpoint.url)),
+        session.client("s3", endpoint_url=service_endpoint("s3", endpoint.url)),
     )
 
 
 def _stack_output(endpoint: Endpoint, name: str) -> str | None:
     if endpoint.stack_name is None:
         return None
-    cloudformation = endpoint.session().client("cloudformation", endpoint_url=endpoint.url)
+    cloudformation = endpoint.session().client(
+        "cloudformation", endpoint_url=service_endpoint("cloudformation", endpoint.url)
+    )
     return (stack_outputs(cloudformation, endpoint.stack_name) or {}).get(name)
 
 
@@ -166,7 +169,9 @@ def _use_function_environment(endpoint: Endpoint) -> None:
         return
     if recorded.template is None or recorded.endpoint_url != endpoint.url:
         return
-    cloudformation = endpoint.session().client("cloudformation", endpoint_url=endpoint.url)
+    cloudformation = endpoint.session().client(
+        "cloudformation", endpoint_url=service_endpoint("cloudformation", endpoint.url)
+    )
     outputs = stack_outputs(cloudformation, endpoint.stack_name) or {}
     plan = plan_template(recorded.template, region=endpoint.region)
     functions, _ = plan.functions(outputs)
@@ -323,8 +328,10 @@ def _hydrate(args: argparse.Namespace) -> int:
     session = endpoint.session()
     hydrator = Hydrator(
         SqsDeadLetterQueue(reader.queue_url, sqs=reader.sqs, s3=reader.s3),
-        dynamodbstreams=session.client("dynamodbstreams", endpoint_url=endpoint.url),
-        kinesis=session.client("kinesis", endpoint_url=endpoint.url),
+        dynamodbstreams=session.client(
+            "dynamodbstreams", endpoint_url=service_endpoint("dynamodbstreams", endpoint.url)
+        ),
+        kinesis=session.client("kinesis", endpoint_url=service_endpoint("kinesis", endpoint.url)),
     )
     failures = OnFailureQueue(source_url, sqs=reader.sqs)
     totals = {"batches": 0, "parked": 0, "expired": 0, "kept": 0}

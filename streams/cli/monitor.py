@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 from streams.arn import Arn
 from streams.cli.common import positive_seconds
 from streams.cli.endpoint import Endpoint, current_endpoint
+from streams.endpoints import service_endpoint
 from streams.errors import UserError
 from streams.local.stack import DEFAULT_STACK_NAME
 from streams.mapping.state.layout import DEFAULT_TABLE_NAME
@@ -165,7 +166,7 @@ def _local_monitor(args: argparse.Namespace, endpoint: Endpoint) -> tuple[Monito
             "this directory, set AWS_ENDPOINT_URL, or pass --function NAME for a deployed function"
         )
     session = endpoint.session()
-    dynamodb = session.client("dynamodb", endpoint_url=endpoint.url)
+    dynamodb = session.client("dynamodb", endpoint_url=service_endpoint("dynamodb", endpoint.url))
     if not read_mappings(dynamodb, args.state_table):
         raise UserError(
             f"no mapping has run here yet (no state in table {args.state_table} at "
@@ -174,7 +175,9 @@ def _local_monitor(args: argparse.Namespace, endpoint: Endpoint) -> tuple[Monito
     queues = _explicit_queues(args)
     if not queues:
         stack_name = args.stack_name or endpoint.stack_name or DEFAULT_STACK_NAME
-        cloudformation = session.client("cloudformation", endpoint_url=endpoint.url)
+        cloudformation = session.client(
+            "cloudformation", endpoint_url=service_endpoint("cloudformation", endpoint.url)
+        )
         found = queues_from_stack(cloudformation, stack_name)
         if found is None:
             print(
@@ -185,7 +188,7 @@ def _local_monitor(args: argparse.Namespace, endpoint: Endpoint) -> tuple[Monito
         queues = list(found or ())
     monitor = LocalMonitor(
         dynamodb=dynamodb,
-        sqs=session.client("sqs", endpoint_url=endpoint.url),
+        sqs=session.client("sqs", endpoint_url=service_endpoint("sqs", endpoint.url)),
         queues=queues,
         table_name=args.state_table,
     )
@@ -197,9 +200,13 @@ def _cloudwatch_monitor(args: argparse.Namespace, endpoint: Endpoint) -> tuple[M
     queues = _explicit_queues(args)
     monitor = CloudWatchMonitor(
         args.functions,
-        lambda_client=session.client("lambda", endpoint_url=endpoint.url),
-        cloudwatch=session.client("cloudwatch", endpoint_url=endpoint.url),
-        sqs=session.client("sqs", endpoint_url=endpoint.url),
+        lambda_client=session.client(
+            "lambda", endpoint_url=service_endpoint("lambda", endpoint.url)
+        ),
+        cloudwatch=session.client(
+            "cloudwatch", endpoint_url=service_endpoint("cloudwatch", endpoint.url)
+        ),
+        sqs=session.client("sqs", endpoint_url=service_endpoint("sqs", endpoint.url)),
         queues=queues or None,
         window_seconds=args.window,
     )

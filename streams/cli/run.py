@@ -21,6 +21,7 @@ from typing import TextIO
 
 from streams.cli.common import add_parameter_overrides, seconds, sigterm_as_interrupt
 from streams.cli.local import deploy_to_local_endpoint
+from streams.endpoints import service_endpoint
 from streams.errors import UserError
 from streams.local.run import LocalMapping
 from streams.local.template import DEFAULT_TEMPLATE
@@ -102,6 +103,16 @@ def _describe(mapping: LocalMapping, exit_when_idle: float | None, out: TextIO) 
         f"{function.timeout} s, {function.memory_size} MB) from {function.code_uri}",
         file=out,
     )
+    # botocore's AWS_ENDPOINT_URL_<SERVICE> may send one service elsewhere (a stream on
+    # kinesis-mock, the tables in moto): each service the mapping calls, and where.
+    services = ["dynamodb"]  # the state table
+    services += [
+        "kinesis" if stream.spec.event_source == "aws:kinesis" else "dynamodbstreams"
+        for stream in mapping.streams
+    ]
+    services.append("sqs")  # queues, on-failure destinations
+    endpoints = {name: service_endpoint(name, mapping.endpoint_url) for name in services}
+    print("endpoints: " + ", ".join(f"{name} {url}" for name, url in endpoints.items()), file=out)
     for stream in mapping.streams:
         settings = stream.settings
         print(

@@ -36,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
 from streams.cli.endpoint import Endpoint, current_endpoint
 from streams.demo.generate import generate_updates
+from streams.endpoints import service_endpoint
 from streams.errors import UserError
 from streams.writer import TableWriteError, TableWriter
 from streams.writer.ingest import Checkpoint, FailedFile, Ingest, Line, ProgressFile, parse_lines
@@ -242,7 +243,9 @@ def _same_file(first: Path, second: Path) -> bool:
 def _client(options: _Options, endpoint: Endpoint) -> DynamoDBClient:
     config = Config(max_pool_connections=max(10, options.senders))
     if endpoint.is_local:  # AWS_ENDPOINT_URL, or the endpoint `streams local up` recorded
-        return endpoint.session().client("dynamodb", endpoint_url=endpoint.url, config=config)
+        return endpoint.session().client(
+            "dynamodb", endpoint_url=service_endpoint("dynamodb", endpoint.url), config=config
+        )
     try:
         return boto3.client("dynamodb", config=config)
     except NoRegionError:

@@ -32,6 +32,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streams.demo.generate import STATUSES, generate_updates
+from streams.endpoints import service_endpoint
 from streams.local.endpoint import EndpointProcess, endpoint_recorded, local_session
 from streams.local.run import LocalMapping
 from streams.local.stack import DeployedStack, deploy_template
@@ -256,8 +257,10 @@ class Demo:
 
     def _run(self, endpoint: EndpointProcess, stack: DeployedStack, start: float) -> DemoResult:
         session = local_session(stack.region)
-        dynamodb = session.client("dynamodb", endpoint_url=endpoint.url)
-        sqs = session.client("sqs", endpoint_url=endpoint.url)
+        dynamodb = session.client(
+            "dynamodb", endpoint_url=service_endpoint("dynamodb", endpoint.url)
+        )
+        sqs = session.client("sqs", endpoint_url=service_endpoint("sqs", endpoint.url))
         queues = queues_from_outputs(stack.outputs)
         watch = LocalMonitor(dynamodb=dynamodb, sqs=sqs, queues=queues)
         chart_monitor = LocalMonitor(dynamodb=dynamodb, sqs=sqs, queues=queues)
@@ -310,7 +313,7 @@ class Demo:
                 DeadLetterQueueReader(
                     stack.outputs["DeadLetterQueueUrl"],
                     sqs=sqs,
-                    s3=session.client("s3", endpoint_url=endpoint.url),
+                    s3=session.client("s3", endpoint_url=service_endpoint("s3", endpoint.url)),
                 )
             ),
             failed={failure.seq for failure in report.failed},

@@ -49,6 +49,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streams.arn import Arn
 from streams.backoff import Backoff
+from streams.endpoints import service_endpoint
 from streams.errors import UserError
 from streams.local.endpoint import local_session
 from streams.local.stack import DeployedStack
@@ -219,7 +220,9 @@ class LocalMapping:
         try:
             # Clients are made here: a boto3 session is not thread-safe.
             dynamodb: DynamoDBClient = self._session.client(
-                "dynamodb", endpoint_url=self.endpoint_url, config=_CLIENT_CONFIG
+                "dynamodb",
+                endpoint_url=service_endpoint("dynamodb", self.endpoint_url),
+                config=_CLIENT_CONFIG,
             )
             runs: list[_Run] = [
                 *(self._prepare(stream, workers, dynamodb, done) for stream in self.streams),
@@ -295,7 +298,7 @@ class LocalMapping:
         sqs = self._session.client(
             "sqs",
             region_name=Arn.parse(arn).region,
-            endpoint_url=self.endpoint_url,
+            endpoint_url=service_endpoint("sqs", self.endpoint_url),
             config=_CLIENT_CONFIG,
         )
         try:
@@ -403,14 +406,17 @@ def _open_source(spec: EventSourceSpec, session: boto3.Session, endpoint_url: st
             client=session.client(
                 "dynamodbstreams",
                 region_name=region,
-                endpoint_url=endpoint_url,
+                endpoint_url=service_endpoint("dynamodbstreams", endpoint_url),
                 config=_CLIENT_CONFIG,
             ),
         )
     return KinesisStreamSource(
         spec.event_source_arn,
         client=session.client(
-            "kinesis", region_name=region, endpoint_url=endpoint_url, config=_CLIENT_CONFIG
+            "kinesis",
+            region_name=region,
+            endpoint_url=service_endpoint("kinesis", endpoint_url),
+            config=_CLIENT_CONFIG,
         ),
     )
 
@@ -420,7 +426,9 @@ def _retention_seconds(spec: EventSourceSpec, session: boto3.Session, endpoint_u
     if spec.event_source != "aws:kinesis":
         return DEFAULT_RETENTION_SECONDS
     kinesis = session.client(
-        "kinesis", region_name=Arn.parse(spec.event_source_arn).region, endpoint_url=endpoint_url
+        "kinesis",
+        region_name=Arn.parse(spec.event_source_arn).region,
+        endpoint_url=service_endpoint("kinesis", endpoint_url),
     )
     summary = kinesis.describe_stream_summary(StreamARN=spec.event_source_arn)
     return float(summary["StreamDescriptionSummary"]["RetentionPeriodHours"]) * 3600

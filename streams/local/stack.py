@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.parsers import ResponseParserError
 
+from streams.endpoints import service_endpoint
 from streams.errors import UserError
 from streams.local.endpoint import local_session
 from streams.local.template import SkippedPart, TemplateFunction, plan_template
@@ -173,7 +174,7 @@ def deploy_template(
     session = local_session(plan.region)
     cfn: CloudFormationClient = session.client(
         "cloudformation",
-        endpoint_url=endpoint_url,
+        endpoint_url=service_endpoint("cloudformation", endpoint_url),
         # A server error means moto cannot create this template; retrying cannot help.
         config=Config(retries={"total_max_attempts": 1}),
     )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import boto3
 
 from streams.arn import Arn
+from streams.endpoints import service_endpoint
 from streams.mapping.invoke import Event
 from streams.mapping.shapes import RecordShape, iso_millis
 
@@ -198,13 +199,19 @@ def open_destination(
     service, region = parsed.service, parsed.region
     if service == "sqs":
         return SqsDestination(
-            arn, session.client("sqs", region_name=region, endpoint_url=endpoint_url)
+            arn,
+            session.client(
+                "sqs", region_name=region, endpoint_url=service_endpoint("sqs", endpoint_url)
+            ),
         )
     if service == "sns":
         return SnsDestination(
-            arn, session.client("sns", region_name=region, endpoint_url=endpoint_url)
+            arn,
+            session.client(
+                "sns", region_name=region, endpoint_url=service_endpoint("sns", endpoint_url)
+            ),
         )
     if service == "s3":
-        s3 = session.client("s3", endpoint_url=endpoint_url)
+        s3 = session.client("s3", endpoint_url=service_endpoint("s3", endpoint_url))
         return S3Destination(arn, s3, mapping_id=mapping_id)
     raise ValueError(f"not an SQS, SNS or S3 ARN: {arn!r}")

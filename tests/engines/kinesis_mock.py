@@ -84,6 +84,8 @@ class KinesisMock:
             "UPDATE_SHARD_COUNT_DURATION": "0ms",
             "SHARD_LIMIT": str(self._shard_limit),
             "LOG_LEVEL": "WARN",
+            # moto's account, so that a stack's ARNs name the same stream on both engines.
+            "AWS_ACCOUNT_ID": "123456789012",
         }
         self._process = subprocess.Popen(
             ["node", "--require", str(LOOPBACK), "main.js"],
