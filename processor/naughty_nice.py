@@ -7,9 +7,14 @@ characters so that string order is number order (sequence numbers have up to 40 
 than a DynamoDB number holds).
 
 A write applies only if its sequence number is newer than the stored one (a conditional write),
-so replays, duplicates and redriven records are harmless. A REMOVE leaves a tombstone
-(`deleted: true`, the sequence number, and `expiresAt` for the table's TTL) so that a replayed
-older change cannot bring the child back; readers treat tombstones as absent.
+so replays, duplicates and redriven records are harmless. Fed from a Kinesis data stream
+(Kinesis Data Streams for DynamoDB) it orders by the change's creation time instead, in
+microseconds, padded the same way: there, changes of one item may arrive out of order or twice,
+and Kinesis sequence numbers follow arrival, not the order the item changed in.
+
+A REMOVE leaves a tombstone (`deleted: true`, the sequence number, and `expiresAt` for the
+table's TTL) so that a replayed older change cannot bring the child back; readers treat
+tombstones as absent.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from streams import DynamoDBRecord, Poison
+from streams import DynamoDBChange, DynamoDBRecord, KinesisRecord, Poison
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -34,6 +39,7 @@ SEQUENCE_DIGITS = 40
 TOMBSTONE_LIFETIME = timedelta(days=15)
 _NEWER = "attribute_not_exists(childId) OR sequenceNumber < :sequence"
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _serialize = TypeSerializer().serialize
 _deserialize = TypeDeserializer().deserialize
 
@@ -58,12 +64,13 @@ class DeliveryProjection:
         self.client = client if client is not None else boto3.client("dynamodb")
         self._clock = clock
 
-    def __call__(self, record: DynamoDBRecord) -> None:
-        child_id = record.keys.get("childId")
+    def __call__(self, record: DynamoDBRecord | KinesisRecord) -> None:
+        change, order = _change_and_order(record)
+        child_id = change.keys.get("childId")
         if not isinstance(child_id, str) or not child_id:
             raise Poison("record has no string childId key")
-        sequence = padded_sequence(record.sequence_number)
-        if record.event_name == "REMOVE":
+        sequence = padded_sequence(order)
+        if change.event_name == "REMOVE":
             item: dict[str, Any] = {
                 "childId": child_id,
                 "deleted": True,
@@ -71,7 +78,7 @@ class DeliveryProjection:
                 "expiresAt": int(self._clock() + TOMBSTONE_LIFETIME.total_seconds()),
             }
         else:
-            item = {"childId": child_id, "sequenceNumber": sequence, **_projected(record)}
+            item = {"childId": child_id, "sequenceNumber": sequence, **_projected(change)}
         # A newer change already there means this one is a replay or a duplicate: nothing to do.
         with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
             self.client.put_item(
@@ -82,7 +89,23 @@ class DeliveryProjection:
             )
 
 
-def _projected(record: DynamoDBRecord) -> dict[str, Any]:
+def _change_and_order(
+    record: DynamoDBRecord | KinesisRecord,
+) -> tuple[DynamoDBRecord | DynamoDBChange, str]:
+    """The change and what orders it: the stream's sequence number on DynamoDB Streams; on
+    Kinesis, the change's creation time in microseconds (ties at millisecond precision are
+    taken as the same change: set the table's precision to MICROSECOND)."""
+    if isinstance(record, DynamoDBRecord):
+        return record, record.sequence_number
+    change = record.dynamodb
+    created = change.approximate_creation_time
+    if created is None:
+        raise Poison("change without ApproximateCreationDateTime: it cannot be ordered")
+    micros = (created - _EPOCH) // timedelta(microseconds=1)
+    return change, str(micros)
+
+
+def _projected(record: DynamoDBRecord | DynamoDBChange) -> dict[str, Any]:
     image = record.new_image
     if image is None:
         raise Poison(f"{record.event_name} without a new image (the stream must include NEW_IMAGE)")

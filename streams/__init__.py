@@ -2,7 +2,14 @@
 
 from streams.batch import BatchResult, Halted, Poison, RetryPolicy, StreamProcessor, Transient
 from streams.deadletter import DeadLetter, SqsDeadLetterQueue, read_dead_letter
-from streams.records import DynamoDBRecord, Image, KinesisRecord, RecordDecodeError, StreamRecord
+from streams.records import (
+    DynamoDBChange,
+    DynamoDBRecord,
+    Image,
+    KinesisRecord,
+    RecordDecodeError,
+    StreamRecord,
+)
 from streams.writer import (
     FailedWrite,
     InvalidItemError,
@@ -14,6 +21,7 @@ from streams.writer import (
 __all__ = [
     "BatchResult",
     "DeadLetter",
+    "DynamoDBChange",
     "DynamoDBRecord",
     "FailedWrite",
     "Halted",

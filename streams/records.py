@@ -15,7 +15,7 @@ from __future__ import annotations
 import binascii
 import json
 from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Underflow
 from typing import Any, Literal, TypeAlias
 
@@ -23,6 +23,7 @@ from streams.errors import EventError
 from streams.kpl import deaggregate, may_be_aggregate
 
 __all__ = [
+    "DynamoDBChange",
     "DynamoDBRecord",
     "EventSource",
     "Image",
@@ -32,6 +33,8 @@ __all__ = [
     "decode_attribute_value",
     "parse_records",
 ]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 EventSource: TypeAlias = Literal["aws:dynamodb", "aws:kinesis"]
 
@@ -408,31 +411,14 @@ def _no_image(raw: object, field: str) -> Image | None:
     raise RecordDecodeError(f"dynamodb.{field} is not an object")
 
 
-class DynamoDBRecord:
-    """One DynamoDB Streams record as Lambda delivers it.
+class _ItemChange:
+    """What a DynamoDB change says of its item, wherever it travels (a DynamoDB stream, or a
+    Kinesis data stream): event name, keys and images, decoded lazily, the same way."""
 
-    Properties are computed on first access and kept; images decode attribute by attribute.
-    The batch core lets go of the decoded images once it is done with a record: read again
-    afterwards, they decode again.
-    """
+    __slots__ = ("_created", "_data", "_keys", "_new", "_old", "raw")
 
-    __slots__ = ("_created", "_data", "_keys", "_new", "_old", "raw", "sequence_number")
-    source: EventSource = "aws:dynamodb"
-    #: Lambda's DynamoDB records do not say which shard they come from.
-    shard_id: str | None = None
-    #: Set only for a record inside a KPL aggregate (never for DynamoDB).
-    sub_sequence_number: int | None = None
-
-    def __init__(self, raw: Mapping[str, Any]) -> None:
-        """Raises `RecordDecodeError` if the record has no `dynamodb.SequenceNumber`."""
-        self.raw = raw
-        data = raw.get("dynamodb")
-        sequence = data.get("SequenceNumber") if data.__class__ is dict else None
-        if sequence.__class__ is not str or not sequence:
-            raise RecordDecodeError("record has no dynamodb.SequenceNumber")
-        self._data: dict[str, Any] = data  # type: ignore[assignment]
-        self.sequence_number: str = sequence
-        self._keys = self._new = self._old = self._created = _MISSING
+    raw: Mapping[str, Any]
+    _data: dict[str, Any]
 
     def _release(self) -> None:
         """Lets go of the decoded images. The batch core calls this when it is done with the
@@ -450,10 +436,6 @@ class DynamoDBRecord:
         if type(name) is not str:
             raise RecordDecodeError("record has no eventName")
         return name
-
-    @property
-    def event_source_arn(self) -> str | None:
-        return self.raw.get("eventSourceARN")
 
     @property
     def keys(self) -> Image:
@@ -482,21 +464,6 @@ class DynamoDBRecord:
         return image  # type: ignore[no-any-return]
 
     @property
-    def approximate_creation_time(self) -> datetime | None:
-        created = self._created
-        if created is _MISSING:
-            value = self._data.get("ApproximateCreationDateTime")
-            created = self._created = (
-                None if value is None else _epoch(value, "ApproximateCreationDateTime")
-            )
-        return created  # type: ignore[no-any-return]
-
-    @property
-    def record_time(self) -> datetime | None:
-        """When the change entered the stream (for ages)."""
-        return self.approximate_creation_time
-
-    @property
     def size_bytes(self) -> int | None:
         value = self._data.get("SizeBytes")
         return None if value is None else int(value)
@@ -510,6 +477,52 @@ class DynamoDBRecord:
             and identity.get("type") == "Service"
             and identity.get("principalId") == "dynamodb.amazonaws.com"
         )
+
+
+class DynamoDBRecord(_ItemChange):
+    """One DynamoDB Streams record as Lambda delivers it.
+
+    Properties are computed on first access and kept; images decode attribute by attribute.
+    The batch core lets go of the decoded images once it is done with a record: read again
+    afterwards, they decode again.
+    """
+
+    __slots__ = ("sequence_number",)
+    source: EventSource = "aws:dynamodb"
+    #: Lambda's DynamoDB records do not say which shard they come from.
+    shard_id: str | None = None
+    #: Set only for a record inside a KPL aggregate (never for DynamoDB).
+    sub_sequence_number: int | None = None
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        """Raises `RecordDecodeError` if the record has no `dynamodb.SequenceNumber`."""
+        self.raw = raw
+        data = raw.get("dynamodb")
+        sequence = data.get("SequenceNumber") if data.__class__ is dict else None
+        if sequence.__class__ is not str or not sequence:
+            raise RecordDecodeError("record has no dynamodb.SequenceNumber")
+        self._data = data  # type: ignore[assignment]
+        self.sequence_number: str = sequence
+        self._keys = self._new = self._old = self._created = _MISSING
+
+    @property
+    def event_source_arn(self) -> str | None:
+        return self.raw.get("eventSourceARN")
+
+    @property
+    def approximate_creation_time(self) -> datetime | None:
+        created = self._created
+        if created is _MISSING:
+            value = self._data.get("ApproximateCreationDateTime")
+            created = self._created = (
+                None if value is None else _epoch(value, "ApproximateCreationDateTime")
+            )
+        return created  # type: ignore[no-any-return]
+
+    @property
+    def record_time(self) -> datetime | None:
+        """When the change entered the stream (for ages)."""
+        return self.approximate_creation_time
 
     def log_fields(self) -> dict[str, Any]:
         """What may be logged about this record: identifiers and keys, never item images."""
@@ -528,10 +541,61 @@ class DynamoDBRecord:
         return f"<DynamoDBRecord {self.raw.get('eventName')} seq={self.sequence_number}>"
 
 
+class DynamoDBChange(_ItemChange):
+    """A DynamoDB change carried by a Kinesis data stream (Kinesis Data Streams for DynamoDB):
+    the same reads as `DynamoDBRecord`, decoded the same way, from the record's JSON data.
+
+    There is no DynamoDB sequence number: on Kinesis, changes of one item can arrive out of
+    order and more than once, and `approximate_creation_time` is what orders them.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, document: object) -> None:
+        """Raises `RecordDecodeError` unless `document` is a DynamoDB change record."""
+        if not isinstance(document, dict) or document.get("eventSource") != "aws:dynamodb":
+            raise RecordDecodeError("record data is not a DynamoDB change (eventSource)")
+        data = document.get("dynamodb")
+        if data.__class__ is not dict:
+            raise RecordDecodeError("record data has no dynamodb object")
+        self.raw = document
+        self._data = data
+        self._keys = self._new = self._old = self._created = _MISSING
+
+    @property
+    def table_name(self) -> str | None:
+        return self.raw.get("tableName")
+
+    @property
+    def approximate_creation_time(self) -> datetime | None:
+        """When the item changed, at the precision the table sends: epoch milliseconds or
+        microseconds (`ApproximateCreationDateTimePrecision`), told apart by magnitude (any
+        time after 1970-04-26 in microseconds is over 10**13, and in milliseconds under it
+        until the year 2286)."""
+        created = self._created
+        if created is _MISSING:
+            value = self._data.get("ApproximateCreationDateTime")
+            created = self._created = None if value is None else _epoch_fine(value)
+        return created  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<DynamoDBChange {self.raw.get('eventName')} table={self.table_name}>"
+
+
+def _epoch_fine(value: object) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordDecodeError(
+            f"ApproximateCreationDateTime must be whole epoch milli- or microseconds, "
+            f"got {type(value).__name__}"
+        )
+    micros = value if value >= 10**13 else value * 1000
+    return _EPOCH + timedelta(microseconds=micros)
+
+
 class KinesisRecord:
     """One Kinesis Data Streams record as Lambda delivers it."""
 
-    __slots__ = ("_data", "_decoded", "raw", "sequence_number", "sub_sequence_number")
+    __slots__ = ("_change", "_data", "_decoded", "raw", "sequence_number", "sub_sequence_number")
     source: EventSource = "aws:kinesis"
 
     def __init__(self, raw: Mapping[str, Any], *, sub_sequence_number: int | None = None) -> None:
@@ -546,10 +610,12 @@ class KinesisRecord:
         #: Position inside a KPL aggregate; None for an ordinary record.
         self.sub_sequence_number = sub_sequence_number
         self._decoded: bytes | None = None
+        self._change: DynamoDBChange | None = None
 
     def _release(self) -> None:
         """Lets go of the decoded data (see DynamoDBRecord._release)."""
         self._decoded = None
+        self._change = None
 
     @property
     def event_id(self) -> str | None:
@@ -586,6 +652,15 @@ class KinesisRecord:
             return json.loads(self.data, parse_float=Decimal)
         except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
             raise RecordDecodeError(f"record data is not JSON: {error}") from None
+
+    @property
+    def dynamodb(self) -> DynamoDBChange:
+        """The DynamoDB change this record carries (Kinesis Data Streams for DynamoDB);
+        raises `RecordDecodeError` (poison) when the data is not one."""
+        change = self._change
+        if change is None:
+            change = self._change = DynamoDBChange(self.json())
+        return change
 
     @property
     def approximate_arrival_time(self) -> datetime | None:
