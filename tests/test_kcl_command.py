@@ -34,8 +34,16 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
+@pytest.fixture
+def no_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS itself: no endpoint variable (the session's moto fixture may have set one)."""
+    for name in list(os.environ):
+        if name.startswith("AWS_ENDPOINT_URL"):
+            monkeypatch.delenv(name)
+
+
 def test_properties_name_the_worker_the_stream_the_application_and_the_region(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_endpoints: None
 ) -> None:
     output = tmp_path / "kcl.properties"
 
@@ -53,6 +61,8 @@ def test_properties_name_the_worker_the_stream_the_application_and_the_region(
             "https://sqs.eu-west-1.amazonaws.com/123456789012/dead-letters",
             "--max-records",
             "500",
+            "--concurrency",
+            "8",
             "--output",
             str(output),
         ]
@@ -62,7 +72,8 @@ def test_properties_name_the_worker_the_stream_the_application_and_the_region(
     assert read_properties(output) == {
         "executableName": f"{sys.executable} -m streams kcl worker --handler processor.app:handle "
         f"--stream-arn {STREAM_ARN} --region eu-west-1 "
-        "--queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/dead-letters",
+        "--queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/dead-letters "
+        "--concurrency 8",
         "streamName": "updates",
         "streamArn": STREAM_ARN,
         "applicationName": "naughty-nice",
@@ -72,19 +83,105 @@ def test_properties_name_the_worker_the_stream_the_application_and_the_region(
         "processingLanguage": f"python/{sys.version_info.major}.{sys.version_info.minor}",
         "maxRecords": "500",
     }
-    assert f"wrote {output}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"wrote {output}" in out
+    assert "(AWS region eu-west-1)" in out
 
 
-def test_properties_name_the_kinesis_endpoint_that_boto3_and_the_daemon_use(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_properties_point_the_daemon_at_the_endpoints_boto3_would_use(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_endpoints: None,
 ) -> None:
     # Both SDKs prefer the service's own variable to AWS_ENDPOINT_URL.
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
     monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4568")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH", "http://127.0.0.1:5001")
+    output = tmp_path / "kcl.properties"
     args = ["kcl", "properties", "--stream-arn", STREAM_ARN, "--application", "a"]
 
-    assert main([*args, "--handler", "m:f", "-o", str(tmp_path / "kcl.properties")]) == 0
-    assert "(endpoint http://127.0.0.1:4568)" in capsys.readouterr().out
+    assert main([*args, "--handler", "m:f", "-o", str(output)]) == 0
+
+    properties = read_properties(output)
+    assert properties["kinesisEndpoint"] == "http://127.0.0.1:4568"
+    assert properties["dynamoDBEndpoint"] == "http://127.0.0.1:5000"
+    assert properties["cloudWatchClient.endpointOverride"] == "http://127.0.0.1:5001"
+    assert "retrievalMode" not in properties  # the local settings only with --local
+    assert (
+        "(endpoints Kinesis http://127.0.0.1:4568, DynamoDB http://127.0.0.1:5000, "
+        "CloudWatch http://127.0.0.1:5001)" in capsys.readouterr().out
+    )
+
+
+def test_properties_name_no_endpoint_for_aws_itself(tmp_path: Path, no_endpoints: None) -> None:
+    output = tmp_path / "kcl.properties"
+    args = ["kcl", "properties", "--stream-arn", STREAM_ARN, "--application", "a"]
+
+    assert main([*args, "--handler", "m:f", "-o", str(output)]) == 0
+
+    assert not {"kinesisEndpoint", "dynamoDBEndpoint", "cloudWatchClient.endpointOverride"} & set(
+        read_properties(output)
+    )
+
+
+def test_local_properties_poll_and_move_leases_in_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_endpoints: None
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    output = tmp_path / "kcl.properties"
+    args = ["kcl", "properties", "--stream-arn", STREAM_ARN, "--application", "a", "--local"]
+
+    assert main([*args, "--handler", "m:f", "-o", str(output)]) == 0
+
+    properties = read_properties(output)
+    assert properties["retrievalMode"] == "POLLING"
+    assert int(properties["failoverTimeMillis"]) < 10000  # KCL's default
+    assert int(properties["shardSyncIntervalMillis"]) < 60000  # KCL's default
+    # CloudWatch is on the local endpoint too: KCL's metrics go there.
+    assert "metricsLevel" not in properties
+    # Every setting says why, in a comment above it.
+    lines = output.read_text(encoding="iso-8859-1").splitlines()
+    assert lines[lines.index("retrievalMode = POLLING") - 1].startswith("# --local: ")
+
+
+def test_local_properties_without_a_cloudwatch_endpoint_turn_kcl_metrics_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_endpoints: None
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4568")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:5000")
+    output = tmp_path / "kcl.properties"
+    args = ["kcl", "properties", "--stream-arn", STREAM_ARN, "--application", "a", "--local"]
+
+    assert main([*args, "--handler", "m:f", "-o", str(output)]) == 0
+
+    properties = read_properties(output)
+    assert "cloudWatchClient.endpointOverride" not in properties
+    assert properties["metricsLevel"] == "NONE"
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [{}, {"AWS_ENDPOINT_URL_KINESIS": "http://127.0.0.1:4568"}],
+    ids=["none", "kinesis only"],
+)
+def test_local_properties_without_local_endpoints_are_refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_endpoints: None,
+    variables: dict[str, str],
+) -> None:
+    # Seconds-long failover on a fleet on AWS would churn leases: --local is for local endpoints.
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    output = tmp_path / "kcl.properties"
+    args = ["kcl", "properties", "--stream-arn", STREAM_ARN, "--application", "a", "--local"]
+
+    assert main([*args, "--handler", "m:f", "-o", str(output)]) == 2
+
+    assert "--local needs local endpoints" in one_line_error(capsys)
+    assert not output.exists()
 
 
 def test_properties_look_up_the_stream_arn_by_name(

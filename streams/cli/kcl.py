@@ -27,7 +27,17 @@ from streams.batch import RetryPolicy, StreamProcessor
 from streams.cli.common import load_handler
 from streams.deadletter import SqsDeadLetterQueue
 from streams.errors import UserError
-from streams.kcl.daemon import NOT_INSTALLED, daemon_command, jar_folder, properties_text
+from streams.kcl.daemon import (
+    CLOUDWATCH,
+    DYNAMODB,
+    KINESIS,
+    LOCAL_SETTINGS,
+    NOT_INSTALLED,
+    daemon_command,
+    jar_folder,
+    local_endpoints,
+    properties_text,
+)
 
 __all__ = ["register"]
 
@@ -108,6 +118,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     properties.add_argument("--max-records", type=int, help="records per GetRecords call")
     properties.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="the workers' --concurrency: records of different partition keys handled at once",
+    )
+    properties.add_argument(
+        "--local",
+        action="store_true",
+        help="a fleet on local endpoints (AWS_ENDPOINT_URL...): polling reads and failover, "
+        "lease assignment and shard sync in seconds; never for a fleet on AWS",
+    )
+    properties.add_argument(
         "--output", "-o", default="kcl.properties", type=Path, help="default: kcl.properties"
     )
     properties.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -181,10 +203,18 @@ def _properties(args: argparse.Namespace) -> int:
         raise UserError(f"{output} exists: pass --force to overwrite it")
     if args.max_records is not None and args.max_records < 1:
         raise UserError("--max-records must be at least 1")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UserError(f"--concurrency must be 1 or more, not {args.concurrency}")
     if args.handler.count(":") != 1 or " " in args.handler:
         raise UserError(f"--handler {args.handler!r} is not MODULE:FUNCTION")
-    # Where the stream is: boto3 here and the daemon's Java SDK both read these variables.
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL")
+    # Where the daemon's clients go: boto3 here and the daemon's Java SDK read the same variables.
+    endpoints = local_endpoints(os.environ)
+    if args.local:
+        missing = [e.variable for e in (KINESIS, DYNAMODB) if e not in endpoints]
+        if missing:
+            raise UserError(
+                f"--local needs local endpoints: set AWS_ENDPOINT_URL (or {' and '.join(missing)})"
+            )
     if args.stream_arn:
         arn = args.stream_arn
         arn_region = _arn_region(arn)  # a malformed ARN is refused, --region or not
@@ -198,6 +228,8 @@ def _properties(args: argparse.Namespace) -> int:
     worker += ["--stream-arn", arn, "--region", region]
     if args.queue_url:
         worker += ["--queue-url", args.queue_url]
+    if args.concurrency is not None:
+        worker += ["--concurrency", str(args.concurrency)]
     spaced = [part for part in worker if " " in part or not part]
     if spaced:
         # The MultiLangDaemon splits executableName on spaces, with no quoting.
@@ -217,9 +249,28 @@ def _properties(args: argparse.Namespace) -> int:
     }
     if args.max_records is not None:
         values["maxRecords"] = args.max_records
-    output.write_text(properties_text(values), encoding="iso-8859-1")
-    where = f"endpoint {endpoint}" if endpoint else f"AWS region {region}"
-    print(f"wrote {output}: stream {arn}, application {args.application} ({where})")
+    comments: dict[str, str] = {}
+    for endpoint, url in endpoints.items():
+        values[endpoint.property] = url
+        comments[endpoint.property] = (
+            f"{endpoint.service} endpoint: from {endpoint.variable} or AWS_ENDPOINT_URL"
+        )
+    if args.local:
+        for name, (value, why) in LOCAL_SETTINGS.items():
+            values[name] = value
+            comments[name] = f"--local: {why}"
+        if CLOUDWATCH not in endpoints:
+            # KCL's metrics would go to CloudWatch on AWS: a local fleet sends nothing there.
+            values["metricsLevel"] = "NONE"
+            comments["metricsLevel"] = "--local: no CloudWatch endpoint, so no KCL metrics"
+    output.write_text(properties_text(values, comments), encoding="iso-8859-1")
+    where = (
+        "endpoints " + ", ".join(f"{e.service} {url}" for e, url in endpoints.items())
+        if endpoints
+        else f"AWS region {region}"
+    )
+    local = "; --local settings" if args.local else ""
+    print(f"wrote {output}: stream {arn}, application {args.application} ({where}{local})")
     return 0
 
 

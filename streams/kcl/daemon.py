@@ -10,17 +10,25 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from streams.errors import UserError
 
 __all__ = [
+    "CLOUDWATCH",
+    "DYNAMODB",
+    "ENDPOINTS",
+    "KINESIS",
+    "LOCAL_SETTINGS",
     "MULTILANG_DAEMON",
     "NOT_INSTALLED",
+    "ServiceEndpoint",
     "daemon_command",
     "jar_folder",
     "kcl_jars",
+    "local_endpoints",
     "properties_text",
 ]
 
@@ -37,13 +45,82 @@ NOT_INSTALLED = (
 )
 
 
-def properties_text(values: Mapping[str, str | int]) -> str:
+@dataclass(frozen=True)
+class ServiceEndpoint:
+    """One of the daemon's three AWS clients: its property, and the variable naming its endpoint."""
+
+    service: str
+    property: str
+    variable: str
+
+
+#: The daemon's AWS clients. The AWS SDKs (boto3 and the SDK for Java alike) take a service's
+#: endpoint from its own variable first, then from AWS_ENDPOINT_URL. KCL has `kinesisEndpoint`
+#: and `dynamoDBEndpoint`; the CloudWatch client it builds takes `endpointOverride` the same way.
+KINESIS = ServiceEndpoint("Kinesis", "kinesisEndpoint", "AWS_ENDPOINT_URL_KINESIS")
+DYNAMODB = ServiceEndpoint("DynamoDB", "dynamoDBEndpoint", "AWS_ENDPOINT_URL_DYNAMODB")
+CLOUDWATCH = ServiceEndpoint(
+    "CloudWatch", "cloudWatchClient.endpointOverride", "AWS_ENDPOINT_URL_CLOUDWATCH"
+)
+ENDPOINTS = (KINESIS, DYNAMODB, CLOUDWATCH)
+
+
+def local_endpoints(environment: Mapping[str, str]) -> dict[ServiceEndpoint, str]:
+    """The endpoint each of the daemon's clients would use, where the environment names one."""
+    found = {}
+    for endpoint in ENDPOINTS:
+        url = environment.get(endpoint.variable) or environment.get("AWS_ENDPOINT_URL")
+        if url:
+            found[endpoint] = url
+    return found
+
+
+#: `streams kcl properties --local`: a fleet on a laptop, against local endpoints, that reacts in
+#: seconds. Each value with why; none of them belongs on a fleet on AWS.
+LOCAL_SETTINGS: Mapping[str, tuple[str | int, str]] = {
+    "retrievalMode": (
+        "POLLING",
+        "GetRecords: local endpoints do not serve enhanced fan-out (SubscribeToShard, HTTP/2)",
+    ),
+    "idleTimeBetweenReadsInMillis": (200, "a read every 0.2 s per shard (default 1.5 s)"),
+    "failoverTimeMillis": (
+        2000,
+        "a lease not renewed for 2 s is free to take: a dead worker's shards move in seconds "
+        "(default 10 s)",
+    ),
+    "leaseAssignmentIntervalMillis": (
+        1000,
+        "the leader assigns free leases every second (default twice failoverTimeMillis)",
+    ),
+    "workerMetricsReporterFreqInMillis": (
+        1000,
+        "a worker reports its load every second (default 30 s): a new worker gets leases sooner",
+    ),
+    "shardSyncIntervalMillis": (
+        1000,
+        "a split or merge is seen within a second (default 60 s)",
+    ),
+    "parentShardPollIntervalMillis": (
+        1000,
+        "a child shard checks every second whether its parents are done (default 10 s)",
+    ),
+}
+
+
+def properties_text(
+    values: Mapping[str, str | int], comments: Mapping[str, str] | None = None
+) -> str:
+    """The file, one `name = value` line each; `comments` puts a comment above a setting."""
     lines = [
         "# KCL MultiLangDaemon properties, written by `streams kcl properties`.",
         "# Start the daemon with: streams kcl run --properties <this file>",
         "# All settings: amazon-kclpy's samples/sample.properties.",
     ]
-    lines += [f"{name} = {_escape(str(value))}" for name, value in values.items()]
+    for name, value in values.items():
+        comment = (comments or {}).get(name)
+        if comment:
+            lines.append(f"# {comment}")
+        lines.append(f"{name} = {_escape(str(value))}")
     return "\n".join(lines) + "\n"
 
 
