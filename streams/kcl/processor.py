@@ -93,6 +93,8 @@ class InitializeInput(Protocol):
     def shard_id(self) -> str: ...
     @property
     def sequence_number(self) -> str | None: ...
+    @property
+    def sub_sequence_number(self) -> int | None: ...
 
 
 class ProcessRecordsInput(Protocol):
@@ -202,8 +204,13 @@ class KclRecordProcessor(_v3.RecordProcessorBase):  # type: ignore[misc]
         with self._fatal_on_error("initialize"):
             self.shard_id = initialize_input.shard_id
             self.core.logger.append_keys(shardId=self.shard_id)
+            # Where KCL resumes the shard: after this checkpoint (or TRIM_HORIZON, LATEST, ...).
             self.core.logger.info(
-                "shard lease taken", extra={"checkpoint": initialize_input.sequence_number}
+                "shard lease taken",
+                extra={
+                    "checkpoint": initialize_input.sequence_number,
+                    "subSequenceNumber": initialize_input.sub_sequence_number,
+                },
             )
 
     def process_records(self, process_records_input: ProcessRecordsInput) -> None:
