@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 # sam's usage reporting: off for tests and builds (no network but the package registries).
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test demo clean build-ProcessorFunction build-HydrateFunction
+.PHONY: test test-kcl demo clean build-ProcessorFunction build-HydrateFunction
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ test: $(STAMP) $(CHECKOV_STAMP) $(KINESIS_MOCK_STAMP)
 	$(BIN)/mypy
 	$(BIN)/streams check --template template.yaml
 	$(BIN)/python -m pytest
+
+# The KCL fleet tests (marker `fleet`, which `make test` leaves out): the real MultiLangDaemon,
+# with the stream on kinesis-mock and the lease tables on moto's server. Apart because each
+# daemon takes 30-45 s to its first lease. -rA prints what they measured (takeover times).
+test-kcl: $(STAMP) $(KINESIS_MOCK_STAMP)
+	$(BIN)/python -m pytest -m fleet -rA
 
 # The main job on the embedded local AWS: endpoint, template, mapping, burst, verified summary.
 demo: $(STAMP)
