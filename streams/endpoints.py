@@ -9,6 +9,8 @@ in moto and read a stream from LocalStack or kinesis-mock.
 
 from __future__ import annotations
 
+import os
+
 from botocore.configprovider import ConfiguredEndpointProvider
 
 __all__ = ["service_endpoint"]
@@ -16,8 +18,11 @@ __all__ = ["service_endpoint"]
 
 def service_endpoint(service: str, default: str | None) -> str | None:
     """The URL for boto3's client `service` (`"kinesis"`, `"dynamodbstreams"`): the service's
-    own variable, else `AWS_ENDPOINT_URL`, as botocore names and orders them, else `default`."""
+    own variable, as botocore names it, else `default` (the endpoint the caller found, which
+    already took `AWS_ENDPOINT_URL` into account where it should: an explicit endpoint, a
+    stack's, wins over it)."""
+    own_only = {name: value for name, value in os.environ.items() if name != "AWS_ENDPOINT_URL"}
     configured = ConfiguredEndpointProvider(
-        full_config={}, scoped_config={}, client_name=service
+        full_config={}, scoped_config={}, client_name=service, environ=own_only
     ).provide()
     return str(configured) if configured else default

@@ -27,6 +27,14 @@ def test_a_services_own_variable_wins_over_the_endpoint_found(
     assert service_endpoint("sqs", None) is None
 
 
+def test_the_global_variable_never_overrides_an_endpoint_a_caller_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:3333")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_CLOUDFORMATION", raising=False)
+    assert service_endpoint("cloudformation", "http://127.0.0.1:9") == "http://127.0.0.1:9"
+
+
 def test_streams_run_reads_a_stream_on_kinesis_mock_while_its_tables_are_in_moto(  # noqa: PLR0917
     moto_endpoint: str,
     kinesis_mock: str,
