@@ -170,6 +170,17 @@ def test_throttled_checkpoint_is_given_up_after_the_attempt_limit_and_the_batch_
     assert clock.sleeps == [0.25, 0.5]
 
 
+def test_throttled_checkpoint_is_tried_8_times_by_default() -> None:
+    clock = FakeClock()
+    processor = make(ScriptedHandler(), clock, checkpoint_backoff=Backoff(0.5, 10))
+    throttled = checkpoint_reply(checkpoint_request(1), "ThrottlingException")
+
+    written = drive(processor, process_records(record(1)), *[throttled] * 8)
+
+    assert written == [status("initialize"), *[checkpoint_request(1)] * 8, status("processRecords")]
+    assert len(clock.sleeps) == 7
+
+
 def test_poison_is_parked_with_the_lambda_record_and_the_shard_id_from_initialize() -> None:
     clock = FakeClock()
     sink = MemorySink()
