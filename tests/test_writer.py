@@ -436,6 +436,110 @@ def test_a_later_write_of_a_queued_key_replaces_it(aws: boto3.Session, table: st
     }
 
 
+def test_a_refused_write_is_replaced_by_a_later_write_of_its_key(
+    aws: boto3.Session, table: str
+) -> None:
+    """A write DynamoDB left unprocessed was never applied: a later put of its key replaces it."""
+    client = aws.client("dynamodb")
+    refused = threading.Event()
+    sent: list[list[int]] = []
+
+    def refuse_the_first_call(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        writes = params["RequestItems"][table]
+        sent.append([int(w["PutRequest"]["Item"]["version"]["N"]) for w in writes])
+        if len(sent) == 1:
+            context["refuse"] = writes
+            params["RequestItems"] = {table: [{"DeleteRequest": {"Key": {"childId": {"S": "x"}}}}]}
+
+    def unprocessed(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if "refuse" in context:
+            parsed["UnprocessedItems"] = {table: context["refuse"]}
+            refused.set()
+
+    client.meta.events.register(f"before-parameter-build.{BATCH_WRITE}", refuse_the_first_call)
+    client.meta.events.register(f"after-call.{BATCH_WRITE}", unprocessed)
+    clock = ManualClock()  # the refused write waits out its backoff until the clock moves
+    with TableWriter(table, client=client, linger=0, clock=clock.now, sleep=clock.sleep) as writer:
+        writer.put({"childId": "c-1", "version": 1})
+        wait_for(refused.is_set, "the first write refused")
+        writer.put({"childId": "c-1", "version": 2})
+        clock.wait_for_sleeper()
+        clock.advance(3600)
+
+    report = writer.report
+    assert (report.submitted, report.written, report.replaced, report.failed) == (2, 1, 1, ())
+    assert sent == [[1], [2]]  # version 1 never sent again
+    assert table_items(aws, table)["c-1"]["version"] == {"N": "2"}
+
+
+def test_put_blocks_while_max_pending_writes_are_unsettled(table: str) -> None:
+    client = boto3.client("dynamodb")
+    sending = threading.Event()
+    release = threading.Event()
+
+    def hold(**_: Any) -> None:
+        sending.set()
+        release.wait(30)
+
+    client.meta.events.register(f"before-call.{BATCH_WRITE}", hold)
+    third_put_returned = threading.Event()
+    with TableWriter(table, client=client, max_pending=2, linger=0) as writer:
+        writer.put({"childId": "c-1"})
+        writer.put({"childId": "c-2"})
+        wait_for(sending.is_set, "the first batch sent")
+
+        def third() -> None:
+            writer.put({"childId": "c-3"})
+            third_put_returned.set()
+
+        thread = threading.Thread(target=third)
+        thread.start()
+        # Two writes unsettled: the third put must still be waiting (a slow machine can only
+        # make a broken writer pass here, never a correct one fail).
+        assert not third_put_returned.wait(0.5)
+        release.set()
+        thread.join(30)
+        assert third_put_returned.is_set()
+
+    assert (writer.report.submitted, writer.report.written) == (3, 3)
+
+
+@pytest.mark.parametrize(("size", "accepted"), [(2048, True), (2049, False)])
+def test_a_partition_key_may_have_at_most_2048_bytes(
+    aws: boto3.Session, table: str, size: int, accepted: bool
+) -> None:
+    key = "é" * (size // 2) + "k" * (size % 2)  # two bytes a character in UTF-8
+    with TableWriter(table) as writer:
+        if accepted:
+            writer.put({"childId": key})
+        else:
+            with pytest.raises(
+                InvalidItemError, match=f"is {size:,} bytes: DynamoDB allows at most 2,048"
+            ):
+                writer.put({"childId": key})
+    assert writer.report.written == (1 if accepted else 0)
+
+
+def test_a_sort_key_may_have_at_most_1024_bytes(aws: boto3.Session, unique_name: str) -> None:
+    aws.client("dynamodb").create_table(
+        TableName=unique_name,
+        KeySchema=[
+            {"AttributeName": "childId", "KeyType": "HASH"},
+            {"AttributeName": "at", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "childId", "AttributeType": "S"},
+            {"AttributeName": "at", "AttributeType": "B"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with TableWriter(unique_name) as writer:
+        writer.put({"childId": "c-1", "at": b"x" * 1024})
+        with pytest.raises(InvalidItemError, match=r"'at', the sort key .* is 1,025 bytes"):
+            writer.put({"childId": "c-2", "at": b"x" * 1025})
+    assert writer.report.written == 1
+
+
 def test_completed_through_counts_only_settled_writes(table: str) -> None:
     with TableWriter(table) as writer:
         first = writer.put({"childId": "c-1"})
