@@ -233,6 +233,46 @@ def test_a_lease_held_on_another_host_is_taken_over_only_once_it_expires(
         elsewhere.renew_lease()
 
 
+def test_two_mappings_cannot_both_take_over_one_expired_lease(
+    aws: boto3.Session, make_store: Callable[..., DynamoDBCheckpointStore]
+) -> None:
+    """Both read the lease as expired; the one that writes second must find it taken.
+
+    The takeover is a conditional write on the lease's version. Here the second mapping's write
+    is held until the first has taken the lease, so the race's losing order happens every time.
+    What this shows is that our condition is the right one; that the condition and the write are
+    atomic is DynamoDB's promise (locally, the endpoint serialises DynamoDB's requests).
+    """
+    clock = FakeClock()
+    expired = make_store(clock=clock, host="other-host", pid=dead_pid(), lease_seconds=30)
+    expired.acquire_lease()
+    clock.now += 31
+    first = make_store(clock=clock, sleep=clock.sleep)
+    late_client = aws.client("dynamodb")
+    second = DynamoDBCheckpointStore(
+        MAPPING, client=late_client, table_name=first.table_name, clock=clock, sleep=clock.sleep
+    )
+    raced: list[str] = []
+
+    def first_takes_over_meanwhile(**_: Any) -> None:
+        if not raced:
+            raced.append("first")
+            first.acquire_lease(timeout=0)
+
+    late_client.meta.events.register("before-call.dynamodb.PutItem", first_takes_over_meanwhile)
+
+    with pytest.raises(LeaseBusy, match=first.owner):
+        second.acquire_lease(timeout=0)
+
+    assert raced == ["first"]
+    lease = first.read_all().lease
+    assert lease is not None
+    assert lease.owner == first.owner
+    first.put("shardId-1", "100", False)  # the lease's holder checkpoints
+    with pytest.raises(LeaseLost):
+        second.put("shardId-1", "999", False)
+
+
 def test_renewing_the_lease_keeps_a_waiting_mapping_out(
     make_store: Callable[..., DynamoDBCheckpointStore],
 ) -> None:
