@@ -7,15 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 
 from streams.cli import main
 from streams.cli.run import Summary
 from streams.mapping import Invocation, InvokeResult
 from streams.mapping.invoke import FunctionError
+from streams.mapping.state.layout import DEFAULT_TABLE_NAME, LEASE_SK
 from tests.run_functions import (
     TEMPLATE,
     Instrumented,
@@ -151,6 +155,48 @@ def test_bad_settings_are_refused_with_one_line_naming_the_property_and_a_non_ze
     assert err == (
         "streams: error: RecorderStream: event source mapping property BatchSize: "
         "must be between 1 and 10000, got 0\n"
+    )
+
+
+def test_a_mapping_whose_lease_was_taken_over_stops_with_exit_2(
+    moto_endpoint: str, unique_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    function = deploy_instrumented(moto_endpoint, unique_name, tmp_path)
+    state = boto3.client("dynamodb")
+
+    def lease() -> dict[str, Any] | None:
+        try:
+            items = state.scan(TableName=DEFAULT_TABLE_NAME)["Items"]
+        except state.exceptions.ResourceNotFoundException:
+            return None
+        leases = [i for i in items if i["sk"]["S"] == LEASE_SK and unique_name in i["pk"]["S"]]
+        return leases[0] if leases else None
+
+    def take_the_lease_over() -> None:
+        wait_until(lambda: lease() is not None, "the mapping to take its lease")
+        held = lease()
+        assert held is not None
+        # Another mapping takes the lease over (as after a missed heartbeat on a stalled host).
+        state.update_item(
+            TableName=DEFAULT_TABLE_NAME,
+            Key={"pk": held["pk"], "sk": held["sk"]},
+            UpdateExpression="SET #owner = :thief ADD version :one",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={":thief": {"S": "another-mapping"}, ":one": {"N": "1"}},
+        )
+        function.put_items(item_keys(3))
+
+    thief = threading.Thread(target=take_the_lease_over, daemon=True)
+    thief.start()
+    # The main thread: the command handles SIGTERM. Idle 30 s ends a mapping that missed it.
+    code = main(_command(function, "--exit-when-idle", "30"))
+    thief.join(60)
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not hold the lease; now held by another-mapping" in err
+    assert (
+        err.rstrip("\n").splitlines()[-1].endswith("stopped (one mapping per function and stream)")
     )
 
 
