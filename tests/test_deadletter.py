@@ -151,6 +151,63 @@ def test_an_unreachable_dead_letter_queue_checkpoints_at_the_poison_record(
     assert processor.process(dynamodb_event(3)) == {"batchItemFailures": [{"itemIdentifier": "2"}]}
 
 
+class RefuseEntries:
+    """SQS answering `SendMessageBatch` with entries in `Failed` (as on an internal error): the
+    refused entries are taken out of the request before it is sent, so they really are not in
+    the queue unless the sender tries them again."""
+
+    def __init__(self, sqs: Any, refusals: int) -> None:
+        self.refusals = refusals  # calls in which the first entry is refused
+        self.sent: list[list[str]] = []
+        sqs.meta.events.register("before-parameter-build.sqs.SendMessageBatch", self._before)
+        sqs.meta.events.register("after-call.sqs.SendMessageBatch", self._after)
+
+    def _before(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        entries = params["Entries"]
+        self.sent.append([entry["Id"] for entry in entries])
+        if self.refusals > 0:
+            self.refusals -= 1
+            context["refused"] = entries[0]["Id"]
+            params["Entries"] = entries[1:]
+
+    def _after(self, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if "refused" in context:
+            parsed.setdefault("Failed", []).append(
+                {"Id": context["refused"], "SenderFault": False, "Code": "InternalError"}
+            )
+
+
+def test_an_entry_sqs_lists_as_failed_is_sent_again_and_not_lost(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=unique_name)["QueueUrl"]
+    refuse = RefuseEntries(sqs, refusals=1)
+    queue = SqsDeadLetterQueue(url, sqs=sqs, sleep=lambda seconds: None)
+
+    response = _processor(_raise_for({"1", "3"}), queue).process(dynamodb_event(3))
+
+    assert response == {"batchItemFailures": []}
+    first, again = refuse.sent
+    assert len(first) == 2
+    assert again == first[:1]  # only the refused entry, once more
+    parked = sorted(json.loads(m["Body"])["sequenceNumber"] for m in _drain(sqs, url))
+    assert parked == ["1", "3"]
+
+
+def test_an_entry_sqs_keeps_refusing_is_not_acknowledged(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=unique_name)["QueueUrl"]
+    RefuseEntries(sqs, refusals=3)  # every one of the 3 attempts
+    queue = SqsDeadLetterQueue(url, sqs=sqs, sleep=lambda seconds: None)
+
+    response = _processor(_raise_for({"1", "3"}), queue).process(dynamodb_event(3))
+
+    assert response == {"batchItemFailures": [{"itemIdentifier": "1"}]}
+
+
 def test_the_queue_comes_from_the_environment_and_its_absence_is_a_clear_error() -> None:
     queue = SqsDeadLetterQueue.from_environment(
         {"DEAD_LETTER_QUEUE_URL": "https://q", "DEAD_LETTER_BUCKET": "b"}
