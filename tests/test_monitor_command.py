@@ -10,9 +10,11 @@ import math
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 from rich.console import Console
@@ -106,6 +108,30 @@ def test_once_json_prints_one_snapshot_with_rows_queues_and_totals(
     ]
     assert snapshot["totals"]["maxIteratorAgeMs"] == 75_000
     assert snapshot["totals"]["parkedByReason"] == {"poison": 2}
+
+
+def test_the_local_monitor_never_reads_a_shard(
+    store: DynamoDBCheckpointStore,
+    queue_urls: list[str],
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shard serves about two readers at once and the mapping is one: the monitor must read
+    only what the mapping recorded (its state table) and the queues' depths."""
+    calls: list[tuple[str, str]] = []
+    make_api_call = BaseClient._make_api_call
+
+    def recorded(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        calls.append((client.meta.service_model.service_name, operation))
+        return make_api_call(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", recorded)
+
+    code = main(["monitor", "--once", "--json", *local_flags(store, queue_urls)])
+
+    assert code == 0
+    assert {service for service, _ in calls} == {"dynamodb", "sqs"}
+    assert {operation for _, operation in calls} <= {"Scan", "Query", "GetQueueAttributes"}
 
 
 def test_fail_above_exits_1_with_one_line_naming_the_shard(
