@@ -16,6 +16,7 @@ from aws_lambda_powertools import Logger
 
 from streams import Poison, SqsDeadLetterQueue, StreamProcessor
 from streams.cli import main
+from streams.cli.endpoint import Endpoint
 from streams.local.endpoint import RecordedEndpoint, record_endpoint
 from streams.ops.dlq import DeadLetterQueueReader, redrive
 from tests import dlq_handlers
@@ -220,6 +221,64 @@ def test_show_prints_one_record_in_full(queue: str, capsys: pytest.CaptureFixtur
 def test_purge_of_a_local_queue_needs_no_confirmation(aws: boto3.Session, queue: str) -> None:
     park(queue, [dynamodb_record(1)])
     assert main(["dlq", "purge", "--queue-url", queue]) == 0
+    assert depth(aws, queue) == 0
+
+
+@pytest.fixture
+def on_aws(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> None:
+    """The command believes it talks to AWS (no local endpoint), while botocore still sends
+    every call to moto's server through AWS_ENDPOINT_URL, so no call can leave the machine."""
+    assert os.environ["AWS_ENDPOINT_URL"] == moto_endpoint
+    monkeypatch.setattr(
+        "streams.cli.dlq.current_endpoint",
+        lambda: Endpoint(url=None, origin="AWS", region="us-east-1"),
+    )
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.usefixtures("on_aws")
+@pytest.mark.parametrize("case", [("no", 1, 1), ("purge", 0, 0)], ids=["no", "purge"])
+def test_purge_on_aws_asks_first_and_deletes_only_when_told_purge(
+    aws: boto3.Session,
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[str, int, int],
+) -> None:
+    answer, code, left = case
+    park(queue, [dynamodb_record(1)])
+    asked: list[str] = []
+    monkeypatch.setattr("sys.stdin", Terminal())
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or answer)
+
+    assert main(["dlq", "purge", "--queue-url", queue]) == code
+
+    assert asked == [f"Delete every parked record in {queue}? Type 'purge': "]
+    assert depth(aws, queue) == left
+    last_line = capsys.readouterr().out.splitlines()[-1]  # after the batch core's metrics
+    assert last_line == ("nothing deleted" if left else f"purged {queue}")
+
+
+@pytest.mark.usefixtures("on_aws")
+def test_purge_on_aws_without_a_terminal_refuses_unless_yes(
+    aws: boto3.Session,
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    park(queue, [dynamodb_record(1)])
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+
+    assert main(["dlq", "purge", "--queue-url", queue]) == 2
+    assert depth(aws, queue) == 1
+    assert capsys.readouterr().err.endswith(
+        "streams: error: refusing to purge a queue on AWS without --yes (no terminal to ask)\n"
+    )
+    assert main(["dlq", "purge", "--queue-url", queue, "--yes"]) == 0
     assert depth(aws, queue) == 0
 
 
