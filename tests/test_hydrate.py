@@ -8,6 +8,8 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.client import BaseClient
+from botocore.exceptions import ClientError
 
 from streams.cli import main
 from streams.cli.endpoint import Endpoint
@@ -111,6 +113,41 @@ def test_hydrate_parks_the_records_an_on_failure_record_points_to_and_deletes_it
     assert body["function"]["name"] == "processor"
     assert body["failedAt"] == "2026-11-22T00:13:49.717Z"
     assert sqs.receive_message(QueueUrl=on_failure).get("Messages", []) == []
+
+
+def test_an_on_failure_record_is_kept_when_its_records_cannot_be_parked(
+    aws: boto3.Session,
+    stream: tuple[str, str, list[dict[str, Any]]],
+    queues: tuple[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arn, shard, records = stream
+    dlq, on_failure = queues
+    sqs = aws.client("sqs")
+    first, last = (records[i]["dynamodb"]["SequenceNumber"] for i in (1, 3))
+    sqs.send_message(
+        QueueUrl=on_failure, MessageBody=json.dumps(on_failure_record(arn, shard, first, last, 3))
+    )
+    make_api_call = BaseClient._make_api_call
+
+    def dead_letter_queue_down(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "SendMessageBatch":
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "down"}}, operation)
+        return make_api_call(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", dead_letter_queue_down)
+    code = main(["dlq", "hydrate", "--queue-url", dlq, "--from-queue", on_failure])
+    monkeypatch.undo()
+
+    assert code == 1
+    assert "on-failure records kept for a retry 1" in capsys.readouterr().out
+    assert list(DeadLetterQueueReader(dlq, sqs=sqs).receive_all()) == []
+    attributes = sqs.get_queue_attributes(QueueUrl=on_failure, AttributeNames=["All"])["Attributes"]
+    kept = int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+    assert kept == 1  # not deleted: it comes back after its visibility timeout
 
 
 def test_records_the_stream_answers_are_trimmed_are_reported_as_expired(
