@@ -286,6 +286,56 @@ def test_flags_that_cannot_work_are_refused_clearly(
     assert message in capsys.readouterr().err
 
 
+def saved_progress(path: Path, state: Path, into: str, line: int, **changes: Any) -> None:
+    """A progress file as `streams write` leaves it after `line` lines (docs/writer.md)."""
+    offset = sum(len(text) for text in path.read_bytes().splitlines(keepends=True)[:line])
+    saved = {"version": 1, "input": str(path.resolve()), "table": into}
+    saved |= {"line": line, "offset": offset} | changes
+    state.write_text(json.dumps(saved) + "\n", encoding="utf-8")
+
+
+def test_resume_with_state_continues_after_the_line_that_file_names(
+    aws: boto3.Session, table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_lines(tmp_path / "updates.jsonl", [f'{{"childId": "c-{i}"}}' for i in range(10)])
+    state = tmp_path / "elsewhere.json"
+    saved_progress(path, state, table, line=3)
+
+    command = ["write", str(path), "--table", table, "--resume", "--state", str(state), "--json"]
+    assert main(command) == 0
+
+    assert sorted(table_items(aws, table)) == [f"c-{i}" for i in range(3, 10)]
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["first_line"] == 4
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ({"input": "/elsewhere/other.jsonl"}, "is for /elsewhere/other.jsonl into table"),
+        ({"table": "another-table"}, "into table 'another-table', not"),
+        ({"offset": 10_000}, "is shorter than when"),
+    ],
+    ids=["another-file", "another-table", "input-shrank"],
+)
+def test_resume_refuses_a_progress_file_of_another_file_or_table_or_an_input_that_shrank(
+    aws: boto3.Session,
+    table: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[dict[str, Any], str],
+) -> None:
+    changes, message = case
+    path = write_lines(tmp_path / "updates.jsonl", [f'{{"childId": "c-{i}"}}' for i in range(10)])
+    saved_progress(path, tmp_path / "updates.jsonl.progress.json", table, line=3, **changes)
+
+    assert main(["write", str(path), "--table", table, "--resume"]) == 2
+
+    (line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert line.startswith("streams: error: ")
+    assert message in line
+    assert table_items(aws, table) == {}
+
+
 def test_stdin_is_read_with_a_dash(
     aws: boto3.Session, table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
