@@ -208,6 +208,41 @@ def test_memory_stays_bounded_whatever_the_backlog() -> None:
     assert max(held) <= 20
 
 
+def test_memory_in_flight_is_bounded_in_bytes_at_twice_6_mb_per_lane() -> None:
+    """1.5 MB records, `BatchSize` 10: the record count allows 20 read and not done (30 MB);
+    the byte bound (2 x 6 MB x factor 1) stops reading once 12 MB are held, so at most one
+    more read (10 records) can land on top of less than 12 MB."""
+    size = 1_500_000
+    big = {"pk": {"S": "k"}, "blob": {"S": "x" * size}}
+    source = _source(*_records(40, new_image=big))
+    read = completed = 0
+    held: list[int] = []
+    first_invocation = threading.Event()
+
+    def on_read(shard_id: str, limit: int, returned: int) -> None:
+        nonlocal read
+        read += returned
+        held.append(read - completed)
+
+    def function(event: dict[str, Any]) -> None:
+        nonlocal completed
+        if not first_invocation.is_set():
+            first_invocation.set()
+            # Hold the first batch a moment: a poller bounded only by the record count reads
+            # on to 20 records meanwhile (a slow machine can only make that harder to see).
+            threading.Event().wait(0.5)
+        completed += len(event["Records"])
+
+    source.on_read = on_read
+
+    run({"BatchSize": 10}, source, Recorder(function))
+
+    assert completed == 40
+    # Under 12 MB (7 records) before the last read, plus one read of at most 10.
+    assert max(held) <= 12 * 1024 * 1024 // size + 10
+    assert max(held) < 20
+
+
 def test_throttled_reads_are_tried_again_and_lose_nothing() -> None:
     source = _source(*_records(5))
     source.throttle("s1", 3)
