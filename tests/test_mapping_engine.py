@@ -956,6 +956,34 @@ def test_window_state_passes_between_invocations_and_the_last_one_is_final() -> 
     )
 
 
+def test_each_lane_of_a_parallelization_factor_keeps_its_own_window_state() -> None:
+    a = _BASE + 60
+    children = [f"c-{n}" for n in range(8)]
+    records = [dynamodb_record(i, arrival=a + i / 10, key=children[i % 8]) for i in range(1, 41)]
+
+    def seen(event: dict[str, Any]) -> dict[str, Any]:
+        state = dict(event["state"])
+        keys = {record["dynamodb"]["Keys"]["pk"]["S"] for record in event["Records"]}
+        state["children"] = sorted(set(state.get("children", [])) | keys)
+        state["count"] = state.get("count", 0) + len(event["Records"])
+        return {"state": state}
+
+    recorder = Recorder(seen)
+
+    run(
+        {"BatchSize": 3, "TumblingWindowInSeconds": _WINDOW, "ParallelizationFactor": 2},
+        _source(*records),
+        recorder,
+    )
+
+    finals = [event["state"] for event in recorder.events if event["isFinalInvokeForWindow"]]
+    assert len(finals) == 2  # one window, closed once per lane
+    first, second = (set(state["children"]) for state in finals)
+    assert first and second and not first & second  # a key's lane never sees the other's state
+    assert first | second == set(children)
+    assert sum(state["count"] for state in finals) == 40
+
+
 def test_a_record_of_a_later_window_closes_the_open_one_with_a_final_invocation() -> None:
     a, b = _BASE + 60, _BASE + 120
     source = _source(*[dynamodb_record(i, arrival=a + i) for i in (1, 2)])
