@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
+from streams.mapping.function import pool
 from streams.mapping.function.child import MEMORY_ALLOWANCE_MB
 from streams.mapping.function.emf import EmfMetric
 from streams.mapping.function.interpreter import Interpreter, resolve_interpreter
@@ -256,6 +257,30 @@ def test_a_module_that_cannot_be_imported_fails_the_invocation_and_init_runs_aga
         assert result.error.kind == "Unhandled"
         assert result.error.error_type == "Runtime.ImportModuleError"
         assert "Unable to import module 'missing_module'" in result.error.message
+
+
+def test_a_function_whose_init_passes_the_start_up_limit_times_out_and_init_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lambda gives a function's init 10 s; shortened here so the test does not wait for it.
+    assert pool.INIT_TIMEOUT_SECONDS == 10.0
+    monkeypatch.setattr(pool, "INIT_TIMEOUT_SECONDS", 0.5)
+    (tmp_path / "slow_init.py").write_text(
+        "import time\ntime.sleep(60)\n\ndef handle(event, context):\n    return None\n"
+    )
+    worker = Worker(
+        function(code_uri=tmp_path, handler="slow_init.handle", timeout=60), INTERPRETER
+    )
+    try:
+        first = worker.invoke({})
+        second = worker.invoke({})
+    finally:
+        worker.close()
+
+    for result in (first, second):
+        assert result.error is not None
+        assert result.error.kind == "timeout"
+        assert "Init timed out after 0.50 seconds" in result.error.message
 
 
 def test_memory_past_memory_size_and_its_allowance_is_a_memory_error(worker: Worker) -> None:
