@@ -14,7 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.mapping import FilterPattern, RecordFilter
@@ -151,6 +151,7 @@ _json = st.recursive(
 )
 
 
+@settings(deadline=None)  # a slow machine must not fail it: hypothesis's deadline is a timing
 @given(pattern=_json, value=st.dictionaries(st.text(max_size=5), _json, max_size=4))
 def test_any_json_is_either_refused_as_a_pattern_or_matches_without_error(
     pattern: object, value: dict[str, Any]
@@ -160,6 +161,41 @@ def test_any_json_is_either_refused_as_a_pattern_or_matches_without_error(
     except InvalidFilterPattern:
         return
     assert compiled.matches(value) in (True, False)
+
+
+_names = st.sampled_from(["a", "b", "c"])
+_words = st.sampled_from(["x", "y", "z"])
+_patterns = st.recursive(
+    st.lists(_words, min_size=1, max_size=3, unique=True),
+    lambda children: st.dictionaries(_names, children, min_size=1, max_size=3),
+    max_leaves=6,
+).filter(lambda pattern: isinstance(pattern, dict))
+_values = st.recursive(_words, lambda children: st.dictionaries(_names, children, max_size=3))
+
+
+def naive_match(pattern: dict[str, Any], value: object) -> bool:
+    """Lambda's filter rule for exact values, as its documentation states it: every field of
+    the pattern is in the record, a nested pattern matches a nested object, and a list of
+    values matches a field equal to one of them."""
+    if not isinstance(value, dict):
+        return False
+    for name, wanted in pattern.items():
+        if name not in value:
+            return False
+        if isinstance(wanted, dict):
+            if not naive_match(wanted, value[name]):
+                return False
+        elif not isinstance(value[name], str) or value[name] not in wanted:
+            return False
+    return True
+
+
+@settings(deadline=None)
+@given(pattern=_patterns, value=st.dictionaries(_names, _values, max_size=3))
+def test_exact_value_patterns_match_as_a_naive_reading_of_the_rules_does(
+    pattern: dict[str, Any], value: dict[str, Any]
+) -> None:
+    assert FilterPattern(json.dumps(pattern)).matches(value) == naive_match(pattern, value)
 
 
 # --- what a record looks like to a filter -------------------------------------------------
