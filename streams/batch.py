@@ -11,7 +11,12 @@ lowest reported batch item failure and delivers it and everything after it again
   (reason `too-old`), instead of holding the shard until the stream drops it;
 - acknowledges nothing that is not durable: if the dead-letter queue cannot take a record, the
   response checkpoints at it;
-- never starts a record when the invocation's remaining time is below `time_margin`.
+- never starts a record when the invocation's remaining time is below `time_margin`;
+- lets a handler that buffers (a `BufferingHandler`, such as `QueueForwarder`) send what it
+  holds before the batch's result is made, and acknowledges nothing it could not send.
+
+While a batch runs, `time_left()` tells a handler (or a `RateLimit` it waits on) how long it may
+still take before the invocation's margin.
 
 The same result drives Lambda (`BatchResult.lambda_response`) and KCL (`BatchResult.last_done`,
 the record to checkpoint *after*).
@@ -32,7 +37,7 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -55,6 +60,7 @@ from streams.records import RecordDecodeError, StreamRecord, parse_records
 
 __all__ = [
     "BatchResult",
+    "BufferingHandler",
     "Halted",
     "Poison",
     "RetryPolicy",
@@ -62,6 +68,7 @@ __all__ = [
     "StreamProcessor",
     "Transient",
     "TransientErrors",
+    "time_left",
 ]
 
 StopCause = Literal["transient", "time", "dead-letter"]
@@ -222,6 +229,53 @@ class _Deadline:
             return True
         return self._remaining() - seconds * 1000 >= self._margin_ms
 
+    def left(self) -> float | None:
+        """Seconds until the margin (0 once inside it); None without a Lambda context."""
+        if self._remaining is None:
+            return None
+        return max(0.0, (self._remaining() - self._margin_ms) / 1000)
+
+
+# The running batch's deadline. Set by `StreamProcessor.run` for the whole batch: the threads of
+# `concurrency` run in a copy of the caller's context, an async handler's tasks in the event
+# loop's, so every record of the batch sees it.
+_BATCH_DEADLINE: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
+    "streams_batch_deadline", default=None
+)
+
+
+def time_left() -> float | None:
+    """Seconds the current record may still take before the invocation's `time_margin`.
+
+    None outside a batch, or when the batch has no Lambda context (no limit is known). Work
+    that waits (`RateLimit.acquire`) waits no longer than this: past it, the core would
+    checkpoint anyway, and Lambda would time out the invocation soon after.
+    """
+    deadline = _BATCH_DEADLINE.get()
+    return None if deadline is None else deadline.left()
+
+
+@runtime_checkable
+class BufferingHandler(Protocol):
+    """A handler that buffers what it produces across the records of a batch (`QueueForwarder`).
+
+    The core calls `flush()` once every record of the batch is handled and before it makes the
+    batch's result; records whose output `flush()` could not deliver are not acknowledged: the
+    batch checkpoints at the earliest of them (cause `transient`), so Lambda delivers it and
+    everything after it again. When the invocation fails instead (`Halted`, a bug), the core
+    calls `discard()`: the whole batch comes again.
+    """
+
+    def __call__(self, record: Any, /) -> object: ...
+
+    def flush(self) -> Sequence[StreamRecord]:
+        """Deliver what is buffered; return the records whose output did not get through."""
+        ...
+
+    def discard(self) -> None:
+        """Drop what is buffered (the batch failed and will be delivered again)."""
+        ...
+
 
 @dataclass
 class _Recovery:
@@ -307,9 +361,10 @@ class _Concurrent:
         if self._failure is None:
             self._failure = error
 
-    def result(self, unparked: int | None) -> BatchResult:
+    def result(self, unparked: int | None, unsent: int | None) -> BatchResult:
         """The batch's result once nothing runs; `unparked` is the first record of the last
-        letters that could not be parked."""
+        letters that could not be parked, `unsent` the first whose buffered output a
+        `BufferingHandler` could not deliver."""
         self._note(unparked)
         done = self.schedule.checkpoint
         if self._unparked is not None and self._unparked < done:
@@ -317,6 +372,8 @@ class _Concurrent:
         elif done < len(self.records):
             stopped = self.schedule.states[done] is State.STOPPED
             self.stop_cause = "transient" if stopped or not self._time_up else "time"
+        if unsent is not None and unsent < done:
+            done, self.stop_cause = unsent, "transient"
         self.repeats = self.schedule.done_after(done) if done < len(self.records) else 0
         return BatchResult(
             self.records,
@@ -361,6 +418,7 @@ class StreamProcessor:
             raise ValueError(f"concurrency must be 1 or more, not {concurrency}")
         self.handler = handler
         self.concurrency = concurrency
+        self._buffering = handler if isinstance(handler, BufferingHandler) else None
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             type(handler).__call__
         )
@@ -406,11 +464,19 @@ class StreamProcessor:
         batch got and why it stopped."""
         deadline = _Deadline(context, self.time_margin)
         function = FunctionInfo.from_context(context)
-        if self._is_async:
-            return asyncio.run(self._run_async(records, deadline, function))
-        if self.concurrency > 1:
-            return self._run_threads(records, deadline, function)
-        return self._run_in_order(records, deadline, function)
+        budget = _BATCH_DEADLINE.set(deadline)
+        try:
+            if self._is_async:
+                return asyncio.run(self._run_async(records, deadline, function))
+            if self.concurrency > 1:
+                return self._run_threads(records, deadline, function)
+            return self._run_in_order(records, deadline, function)
+        except BaseException:
+            if self._buffering is not None:  # the invocation fails: the batch comes again
+                self._buffering.discard()
+            raise
+        finally:
+            _BATCH_DEADLINE.reset(budget)
 
     def _run_in_order(
         self, records: Sequence[StreamRecord], deadline: _Deadline, function: FunctionInfo
@@ -453,6 +519,9 @@ class StreamProcessor:
             unparked = self._flush(pending, parked)
             if unparked is not None and unparked < done:
                 done, stop_cause = unparked, "dead-letter"
+            unsent = self._deliver_buffered(records)
+            if unsent is not None and unsent < done:
+                done, stop_cause = unsent, "transient"
             return self._finish(
                 BatchResult(records, done, stop_cause, tuple(parked), counters.retries)
             )
@@ -528,7 +597,8 @@ class StreamProcessor:
             ]:
                 future.result()
             run.raise_failure()  # the invocation fails: nothing more is parked
-            return self._finish(run.result(self._flush(run.pending, run.parked)))
+            unparked = self._flush(run.pending, run.parked)
+            return self._finish(run.result(unparked, self._deliver_buffered(records)))
         finally:
             self._publish(records, run.counters, run.parked, run.stop_cause, run.repeats)
 
@@ -564,7 +634,9 @@ class StreamProcessor:
                 await changed.wait()
                 changed.clear()
             run.raise_failure()  # the invocation fails: nothing more is parked
-            return self._finish(run.result(self._flush(run.pending, run.parked)))
+            unparked = self._flush(run.pending, run.parked)
+            unsent = await asyncio.to_thread(self._deliver_buffered, records)
+            return self._finish(run.result(unparked, unsent))
         finally:
             self._publish(records, run.counters, run.parked, run.stop_cause, run.repeats)
 
@@ -704,6 +776,19 @@ class StreamProcessor:
                 parked.append(letter)
         pending.clear()
         return first_unparked
+
+    def _deliver_buffered(self, records: Sequence[StreamRecord]) -> int | None:
+        """Flush a `BufferingHandler`: the position of the first record whose output it could
+        not deliver (None: all delivered, or the handler does not buffer)."""
+        if self._buffering is None:
+            return None
+        undelivered = {id(record) for record in self._buffering.flush()}
+        if not undelivered:
+            return None
+        return next(
+            (position for position, record in enumerate(records) if id(record) in undelivered),
+            None,
+        )
 
     def _finish(self, result: BatchResult) -> BatchResult:
         if result.stop_cause is not None:

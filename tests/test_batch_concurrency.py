@@ -14,6 +14,7 @@ import pytest
 from aws_lambda_powertools import Logger, Metrics
 
 from streams import Halted, KinesisRecord, Poison, RetryPolicy, StreamProcessor, Transient
+from streams.batch import time_left
 from streams.parallel import KeyedSchedule
 from streams.records import StreamRecord, parse_records
 from tests.factories import FakeClock, FakeContext, MemorySink, dynamodb_record, kinesis_record
@@ -382,3 +383,87 @@ def test_records_delivered_again_are_counted_in_a_metric() -> None:
     assert f'"RecordsDeliveredAgain":[{float(result.repeats)}]' in document.replace(" ", "") or (
         f'"RecordsDeliveredAgain":{float(result.repeats)}' in document.replace(" ", "")
     )
+
+
+# -- what every record of the batch sees: the time budget, and a buffering handler's flush -------
+
+
+@pytest.mark.parametrize("driver", ["in order", "threads", "async"])
+def test_every_record_sees_the_invocations_time_budget_less_the_margin(driver: str) -> None:
+    clock = FakeClock()
+    seen: list[float | None] = []
+
+    def handle(record: StreamRecord) -> None:
+        seen.append(time_left())
+
+    async def handle_async(record: StreamRecord) -> None:
+        seen.append(time_left())
+
+    core, _ = _core(
+        handle_async if driver == "async" else handle,
+        1 if driver == "in order" else 4,
+        clock=clock,
+        time_margin=5.0,
+    )
+    core.run(parse_records(_event(["a", "b", "c"])), FakeContext(clock, deadline=clock.now + 65))
+
+    assert seen == [60.0, 60.0, 60.0]
+    assert time_left() is None  # outside the batch: no budget
+
+
+def test_without_a_lambda_context_there_is_no_time_budget() -> None:
+    seen: list[float | None] = []
+    core, _ = _core(lambda record: seen.append(time_left()), 1)
+    core.run(parse_records(_event(["a"])))
+    assert seen == [None]
+
+
+class Buffer:
+    """A buffering handler: keeps records, and at the end refuses those `refuse` names."""
+
+    def __init__(self, refuse: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self.kept: list[int] = []
+        self.flushes: list[list[int]] = []
+        self.discards = 0
+        self.refuse = refuse
+        self._records: list[StreamRecord] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, record: StreamRecord) -> None:
+        if _child(record) == "halt":
+            raise RuntimeError("a bug")
+        with self._lock:
+            self._records.append(record)
+
+    def flush(self) -> list[StreamRecord]:
+        records, self._records = self._records, []
+        self.flushes.append(sorted(_sequence(record) for record in records))
+        return [record for record in records if _sequence(record) in self.refuse]
+
+    def discard(self) -> None:
+        self._records = []
+        self.discards += 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_buffering_handler_is_flushed_once_and_nothing_it_could_not_send_is_acknowledged(
+    concurrency: int,
+) -> None:
+    buffer = Buffer(refuse={4, 6})
+    core, _ = _core(buffer, concurrency)
+
+    result = core.run(parse_records(_event(["a", "b", "c", "d", "e", "f", "g"])))
+
+    assert buffer.flushes == [[1, 2, 3, 4, 5, 6, 7]]
+    assert (result.done, result.stop_cause) == (3, "transient")  # Lambda resumes at record 4
+    assert result.lambda_response() == {"batchItemFailures": [{"itemIdentifier": "4"}]}
+
+
+def test_a_buffering_handler_is_discarded_when_the_invocation_fails() -> None:
+    buffer = Buffer()
+    core, _ = _core(buffer, 1, halt_after=1)
+
+    with pytest.raises(Halted):
+        core.run(parse_records(_event(["a", "halt", "b"])))
+
+    assert (buffer.flushes, buffer.discards) == ([], 1)
