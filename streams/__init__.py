@@ -2,6 +2,7 @@
 
 from streams.batch import BatchResult, Halted, Poison, RetryPolicy, StreamProcessor, Transient
 from streams.deadletter import DeadLetter, SqsDeadLetterQueue, read_dead_letter
+from streams.ratelimit import RateLimit
 from streams.records import (
     DynamoDBChange,
     DynamoDBRecord,
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidItemError",
     "KinesisRecord",
     "Poison",
+    "RateLimit",
     "RecordDecodeError",
     "RetryPolicy",
     "SqsDeadLetterQueue",
