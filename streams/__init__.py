@@ -2,6 +2,7 @@
 
 from streams.batch import BatchResult, Halted, Poison, RetryPolicy, StreamProcessor, Transient
 from streams.deadletter import DeadLetter, SqsDeadLetterQueue, read_dead_letter
+from streams.forward import QueueForwarder
 from streams.ratelimit import RateLimit
 from streams.records import (
     DynamoDBChange,
@@ -30,6 +31,7 @@ __all__ = [
     "InvalidItemError",
     "KinesisRecord",
     "Poison",
+    "QueueForwarder",
     "RateLimit",
     "RecordDecodeError",
     "RetryPolicy",
