@@ -275,7 +275,13 @@ def test_the_last_write_of_every_key_wins_under_throttling_with_parallel_senders
     clock = FakeClock()
 
     with TableWriter(
-        table, client=client, senders=4, max_pending=400, clock=clock.now, sleep=clock.sleep
+        table,
+        client=client,
+        senders=4,
+        max_pending=400,
+        coalesce=True,
+        clock=clock.now,
+        sleep=clock.sleep,
     ) as writer:
         for version in range(1, 11):
             for key in range(1000):
@@ -294,7 +300,7 @@ def test_the_last_write_of_every_key_wins_under_throttling_with_parallel_senders
     }
 
 
-def test_without_coalescing_every_write_of_a_key_is_applied_in_order(
+def test_by_default_every_write_of_a_key_is_applied_in_order(
     aws: boto3.Session, table: str
 ) -> None:
     client = aws.client("dynamodb")
@@ -302,9 +308,7 @@ def test_without_coalescing_every_write_of_a_key_is_applied_in_order(
     order = AppliedOrder(client, table)
     clock = FakeClock()
 
-    with TableWriter(
-        table, client=client, senders=4, coalesce=False, clock=clock.now, sleep=clock.sleep
-    ) as writer:
+    with TableWriter(table, client=client, senders=4, clock=clock.now, sleep=clock.sleep) as writer:
         for version in range(1, 11):
             for key in range(200):
                 writer.put({"childId": f"k-{key:03d}", "version": version})
@@ -422,8 +426,10 @@ def test_flush_sends_a_partial_batch_at_once_whatever_the_linger(
 # -- order and replacement ----------------------------------------------------------------------
 
 
-def test_a_later_write_of_a_queued_key_replaces_it(aws: boto3.Session, table: str) -> None:
-    with TableWriter(table) as writer:
+def test_with_coalescing_a_later_write_of_a_queued_key_replaces_it(
+    aws: boto3.Session, table: str
+) -> None:
+    with TableWriter(table, coalesce=True) as writer:
         for version in (1, 2, 3):
             writer.put({"childId": "c-1", "version": version})
         writer.put({"childId": "c-2"})

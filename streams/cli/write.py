@@ -92,10 +92,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="stop retrying after this long; what is unwritten goes to the failed file",
     )
     parser.add_argument(
-        "--every-write",
+        "--coalesce",
         action="store_true",
-        help="send every line, in order, even when a later line of the same key is queued "
-        "(by default the later replaces it): a table stream then sees every update",
+        help="a line replaces a queued, not yet sent line of the same key, so fewer writes "
+        "are sent; the table ends the same but its stream misses the replaced updates "
+        "(by default every line is sent, in order)",
     )
     parser.add_argument(
         "--senders", type=int, default=4, metavar="N", help="parallel senders (default 4)"
@@ -127,7 +128,7 @@ class _Options:
     deadline: float | None
     senders: int
     linger: float
-    every_write: bool
+    coalesce: bool
     json: bool
 
 
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         max_rate=options.max_rate,
         deadline=options.deadline,
         senders=options.senders,
-        coalesce=not options.every_write,
+        coalesce=options.coalesce,
         linger=options.linger,
     )
     return _Run(options, writer).execute()
@@ -214,7 +215,7 @@ def _options(args: argparse.Namespace) -> _Options:
         deadline=args.deadline,
         senders=args.senders,
         linger=args.linger,
-        every_write=args.every_write,
+        coalesce=args.coalesce,
         json=args.json,
     )
 

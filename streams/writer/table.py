@@ -62,9 +62,10 @@ class TableWriter:
     `put()` blocks while `max_pending` writes are unsettled, so memory stays bounded.
 
     Per key, writes apply in the order given: a write is never sent while an earlier write of its
-    key is unaccepted. With `coalesce` (the default), a later write that arrives before the
-    earlier one was sent (or after DynamoDB refused it) replaces it, counted in
-    `report.replaced`; without it every write is sent, so a table stream sees every update.
+    key is unaccepted. Every write is sent, so a table stream sees every update. With
+    `coalesce=True`, for tables where only the latest state matters, a later write that arrives
+    before the earlier one was sent (or after DynamoDB refused it) replaces it, counted in
+    `report.replaced`: the table ends the same, and the stream never sees the replaced write.
 
     An item DynamoDB rejects is isolated by splitting its batch and listed in `report.failed`;
     its neighbours are written. Only table-level errors raise (`TableWriteError`, from `put()`,
@@ -95,7 +96,7 @@ class TableWriter:
         deadline: float | None = None,
         senders: int = 4,
         max_pending: int = 1000,
-        coalesce: bool = True,
+        coalesce: bool = False,
         linger: float = DEFAULT_LINGER,
         backoff: Backoff | None = None,
         rate_policy: RatePolicy | None = None,
