@@ -128,6 +128,10 @@ class LocalMapping:
     - `on_invocation` is called after each invocation, from the shard's (or queue's) thread
       (progress, logs); for a queue, `Invocation.shard_id` is the queue's ARN.
     - `state_table`: the state table's name in the endpoint.
+    - `session`: the boto3 session every client of the mapping is made from (default a
+      `local_session`); `environment`: variables added to the function's own, in its worker
+      processes. Both are seams for tests and `streams demo --faults` (fault injection on the
+      mapping's calls, and in the function's workers).
 
     Raises `UserError` (one line) for what the user can fix: no such function, a function with no
     stream or queue event source, a setting AWS would refuse, code that is not on this machine.
@@ -145,6 +149,8 @@ class LocalMapping:
         lease_seconds: float = 30.0,
         on_invocation: Callable[[Invocation], None] | None = None,
         state_table: str = DEFAULT_TABLE_NAME,
+        session: boto3.Session | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         function = stack.function(function_id)
         self.endpoint_url = stack.endpoint_url
@@ -168,13 +174,14 @@ class LocalMapping:
             QueueMapping(function.logical_id, spec, _queue_settings(spec))
             for spec in function.queue_sources
         )
-        self._session = local_session(self.region)
+        self._session = session if session is not None else local_session(self.region)
         self.function_spec = _worker_spec(
             function,
             region=self.region,
             account_id=Arn.parse(source_arns[0]).account,
             endpoint_url=self.endpoint_url,
             credentials=_credentials(self._session),
+            environment=environment or {},
         )
         self._clock = clock
         self._sleep = sleep
@@ -374,6 +381,7 @@ def _worker_spec(
     account_id: str,
     endpoint_url: str,
     credentials: Mapping[str, str],
+    environment: Mapping[str, str],
 ) -> FunctionSpec:
     if function.code_uri is None:
         raise UserError(
@@ -389,7 +397,11 @@ def _worker_spec(
             timeout=function.timeout,
             memory_size=function.memory_size,
             # The function talks to the endpoint the mapping reads from, never to AWS.
-            environment={**function.environment, "AWS_ENDPOINT_URL": endpoint_url},
+            environment={
+                **function.environment,
+                **environment,
+                "AWS_ENDPOINT_URL": endpoint_url,
+            },
             region=region,
             account_id=account_id,
             credentials=credentials,

@@ -20,6 +20,11 @@ parent knows it has read every line the function printed during that phase.
 
 A handler that exits the process (``sys.exit``, ``os._exit``, a signal) is not caught: the parent
 sees the pipes close and reports a crash, as Lambda reports ``Runtime.ExitError``.
+
+Test-only seam: when the variable ``STREAMS_WORKER_PRELOAD`` names ``module:function``, the
+child imports that module once the function's `CodeUri` is on ``sys.path`` and calls the
+function with no arguments, before it imports the handler (``streams demo --faults`` installs
+its fault injection this way). Lambda has no such thing; a failure there is an init error.
 """
 
 from __future__ import annotations
@@ -116,6 +121,18 @@ def _load_handler(handler: str) -> Any:
     return function
 
 
+def _preload() -> None:
+    """Run STREAMS_WORKER_PRELOAD's `module:function`, if set (see the module docstring)."""
+    target = os.environ.get("STREAMS_WORKER_PRELOAD")
+    if not target:
+        return
+    module_name, _, function_name = target.partition(":")
+    try:
+        getattr(importlib.import_module(module_name), function_name)()
+    except Exception as error:
+        raise _InitError("Runtime.PreloadError", f"{target}: {error!r}", _stack(error)) from error
+
+
 def _limit_memory(limit_bytes: int) -> bool:
     """Cap the address space (MemorySize plus an allowance for the interpreter); False if the
     platform does not allow it."""
@@ -194,6 +211,7 @@ def main(argv: list[str]) -> int:
             stream.reconfigure(line_buffering=True)
     sys.path.insert(0, config["codeUri"])
     try:
+        _preload()
         handler = _load_handler(config["handler"])
     except _InitError as failure:
         _log_error(failure.error)
