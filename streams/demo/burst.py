@@ -1,4 +1,5 @@
-"""`streams demo`: the whole product on this machine, verified from its outputs.
+"""`streams demo` (the default scenario, `burst`): the whole product on this machine, verified
+from its outputs.
 
 It starts the embedded endpoint, creates template.yaml's resources, runs the processor function
 with Lambda's rules (the local mapping), writes a burst of naughty-and-nice updates through
@@ -6,6 +7,11 @@ with Lambda's rules (the local mapping), writes a burst of naughty-and-nice upda
 iterator age is seen to fall once the backlog is gone), shows live progress, and then checks the
 result from the outputs alone: a scan of the delivery table and a read of the dead-letter queue,
 never the run's own counters.
+
+The writer sends every update (`TableWriter`'s default, not `coalesce=True`): each malformed
+update must reach the stream to be parked, and `verify` accounts for every update written.
+With `faults`, the writer's, the mapping's and the function's AWS calls fail at that rate and
+the function's worker is killed now and then (`streams.demo.faults`).
 
 Verification, for the updates written (in order):
 
@@ -20,10 +26,9 @@ Verification, for the updates written (in order):
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -31,10 +36,17 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
+from streams.demo.common import (
+    Delay,
+    FaultCounts,
+    Faults,
+    MappingRun,
+    fault_directory,
+    peak_iterator_age_ms,
+)
 from streams.demo.generate import STATUSES, generate_updates
 from streams.endpoints import service_endpoint
 from streams.local.endpoint import EndpointProcess, endpoint_recorded, local_session
-from streams.local.run import LocalMapping
 from streams.local.stack import DeployedStack, deploy_template
 from streams.monitor.history import MonitorSampler
 from streams.monitor.local import LocalMonitor
@@ -204,6 +216,9 @@ class DemoResult:
     endpoint_url: str
     #: The function's `concurrency` (its `STREAMS_CONCURRENCY`, the template's `Concurrency`).
     concurrency: int = 1
+    delay: Delay = field(default_factory=lambda: Delay(None, None))
+    faults: FaultCounts | None = None
+    failed_invocations: int = 0
 
 
 class Demo:
@@ -222,8 +237,10 @@ class Demo:
         state_file: Path | None = None,
         show: Callable[[Progress], None] = lambda progress: None,
         say: Callable[[str], None] = print,
+        faults: float = 0.0,
     ) -> None:
         self.template = template
+        self.faults = faults
         self.updates = updates
         self.children = children
         self.poison_rate = poison_rate
@@ -249,13 +266,18 @@ class Demo:
                 if self.state_file is None
                 else endpoint_recorded(endpoint.url, stack, self.template, self.state_file)
             )
-            with recording:
-                result = self._run(endpoint, stack, start)
+            with recording, fault_directory() as directory:
+                faults = Faults(
+                    self.faults, seed=self.seed, region=stack.region, directory=directory
+                )
+                result = self._run(endpoint, stack, start, faults)
                 if after is not None:
                     after(result, endpoint)
                 return result
 
-    def _run(self, endpoint: EndpointProcess, stack: DeployedStack, start: float) -> DemoResult:
+    def _run(
+        self, endpoint: EndpointProcess, stack: DeployedStack, start: float, faults: Faults
+    ) -> DemoResult:
         session = local_session(stack.region)
         dynamodb = session.client(
             "dynamodb", endpoint_url=service_endpoint("dynamodb", endpoint.url)
@@ -270,20 +292,14 @@ class Demo:
                 self.updates, children=self.children, poison_rate=self.poison_rate, seed=self.seed
             )
         )
-        mapping = LocalMapping(stack, FUNCTION)
-        failure: list[BaseException] = []
-
-        def run_mapping() -> None:
-            try:
-                mapping.run()
-            except BaseException as error:  # reported after the burst; the demo then fails
-                failure.append(error)
-
-        runner = threading.Thread(target=run_mapping, name="local-mapping", daemon=True)
-        runner.start()
+        run = MappingRun(stack, FUNCTION, faults)
+        mapping = run.start()
         with MonitorSampler(chart_monitor, interval=1.0) as sampler:
-            # coalesce=False: every update reaches the stream (a queued write is never replaced).
-            writer = TableWriter(stack.outputs["SourceTableName"], client=dynamodb, coalesce=False)
+            # Every update is sent (TableWriter's default): each must reach the stream.
+            writer = TableWriter(
+                stack.outputs["SourceTableName"],
+                client=faults.session("writer").client("dynamodb", endpoint_url=endpoint.url),
+            )
             snapshot: MonitorSnapshot | None = None
             split = len(updates) - len(updates) // 50
             burst, trickle = updates[:split], updates[split:]
@@ -293,18 +309,16 @@ class Demo:
                     if count % 500 == 0:
                         snapshot = self._progress(watch, writer.report, snapshot, start)
                 writer.flush()
-                trickled = self._drain(watch, writer, trickle, start, failure)
+                trickled = self._drain(watch, writer, trickle, start, run)
                 for update in trickle[trickled:]:  # what the trickle did not need
                     writer.put(update)
+            last_write = time.time()
             report = writer.report
-            mapping.stop()
-            runner.join()
-            if failure:
-                raise failure[0]
+            run.stop()
             # The counters say every record was handled at least once; a retried batch counts
             # twice, so make sure: a fresh mapping resumes from the checkpoints and returns only
             # once the stream has had nothing more for a while (it is read to its end).
-            LocalMapping(stack, FUNCTION).run(exit_when_idle=DRAINED_AFTER_IDLE_SECONDS)
+            run.drain(DRAINED_AFTER_IDLE_SECONDS)
 
         verification = verify(
             updates,
@@ -325,6 +339,7 @@ class Demo:
             chart = write_chart(
                 sampler.history.samples, self.chart, title="The demo: iterator age and throughput"
             )
+        delivered_after = None if run.last_delivery is None else run.last_delivery - last_write
         return DemoResult(
             verification,
             report,
@@ -332,6 +347,9 @@ class Demo:
             time.monotonic() - start,
             endpoint.url,
             int(mapping.function.environment.get("STREAMS_CONCURRENCY", "1")),
+            Delay(peak_iterator_age_ms(sampler.history.samples), delivered_after),
+            faults.counts() if faults.on else None,
+            run.failed_invocations,
         )
 
     def _progress(
@@ -366,7 +384,7 @@ class Demo:
         writer: TableWriter,
         trickle: Sequence[Mapping[str, Any]],
         start: float,
-        failure: list[BaseException],
+        run: MappingRun,
     ) -> int:
         """Trickle updates in, one every TRICKLE_SECONDS, while the mapping works off the burst;
         return once it has handled every record written and has been caught up for a few
@@ -383,7 +401,7 @@ class Demo:
         caught_up_at: float | None = None
         written = 0
         last_trickle = time.monotonic()
-        while not failure:
+        while run.failure is None:
             now = time.monotonic()
             snapshot = self._progress(watch, writer.report, snapshot, start)
             totals = snapshot.totals if snapshot is not None else None
