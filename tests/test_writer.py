@@ -445,7 +445,8 @@ def test_with_coalescing_a_later_write_of_a_queued_key_replaces_it(
 def test_a_refused_write_is_replaced_by_a_later_write_of_its_key(
     aws: boto3.Session, table: str
 ) -> None:
-    """A write DynamoDB left unprocessed was never applied: a later put of its key replaces it."""
+    """With coalesce=True, a write DynamoDB left unprocessed was never applied: a later put of
+    its key replaces it (by default every update is sent: see the test after)."""
     client = aws.client("dynamodb")
     refused = threading.Event()
     sent: list[list[int]] = []
@@ -465,7 +466,9 @@ def test_a_refused_write_is_replaced_by_a_later_write_of_its_key(
     client.meta.events.register(f"before-parameter-build.{BATCH_WRITE}", refuse_the_first_call)
     client.meta.events.register(f"after-call.{BATCH_WRITE}", unprocessed)
     clock = ManualClock()  # the refused write waits out its backoff until the clock moves
-    with TableWriter(table, client=client, linger=0, clock=clock.now, sleep=clock.sleep) as writer:
+    with TableWriter(
+        table, client=client, linger=0, coalesce=True, clock=clock.now, sleep=clock.sleep
+    ) as writer:
         writer.put({"childId": "c-1", "version": 1})
         wait_for(refused.is_set, "the first write refused")
         writer.put({"childId": "c-1", "version": 2})
