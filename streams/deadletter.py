@@ -51,7 +51,7 @@ __all__ = [
 #: Where the producer puts messages too large for the queue, inside its bucket.
 OVERFLOW_PREFIX: Final = "dead-letters/"
 
-Reason = Literal["poison", "too-old", "hydrated"]
+Reason = Literal["poison", "too-old", "hydrated", "backfill"]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 MESSAGE_VERSION = 1
 #: What SQS accepted before its 2025 raise to 1 MiB: used when the queue's own limit is unknown.
