@@ -17,13 +17,14 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def _registrations() -> list[Register]:
-    from streams.cli import check, demo, dlq, kcl, local, monitor, run, write
+    from streams.cli import backfill, check, demo, dlq, kcl, local, monitor, run, write
 
     # In the order of DESIGN.md's "user's day".
     return [
         demo.register,
         local.register,
         run.register,
+        backfill.register,
         write.register,
         monitor.register,
         dlq.register,
