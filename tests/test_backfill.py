@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,39 @@ def test_pacer_keeps_consumed_units_within_the_rate() -> None:
     slept.clear()
     Pacer(None, sleep=sleep).spend(1e9)  # no rate given: never waits
     assert slept == []
+
+
+def test_cli_backfills_the_worked_example_into_its_delivery_table(
+    aws: boto3.Session,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streams.cli import main
+
+    template = str(Path(__file__).resolve().parents[1] / "template.yaml")
+    monkeypatch.chdir(tmp_path)
+    stack = f"bf-{uuid.uuid4().hex[:8]}"
+    common = ["--template", template, "--stack-name", stack, "--function", "ProcessorFunction"]
+    assert main(["backfill", *common, "--json"]) == 0  # deploys; the table is empty
+    client = aws.client("dynamodb")
+    tables = client.list_tables()["TableNames"]
+    source = next(t for t in tables if t.startswith(f"{stack}-SourceTable"))
+    delivery = next(t for t in tables if t.startswith(f"{stack}-DeliveryTable"))
+    for number in range(30):
+        client.put_item(
+            TableName=source,
+            Item={
+                "childId": {"S": f"c{number:03}"},
+                "status": {"S": "nice"},
+                "address": {"M": {"street": {"S": "x"}}},
+            },
+        )
+    capsys.readouterr()
+    state = tmp_path / "positions.json"
+    assert main(["backfill", *common, "--json", "--segments", "2", "--state", str(state)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["offered"], summary["applied"], summary["parked"]) == (30, 30, 0)
+    rows = client.scan(TableName=delivery)["Items"]
+    assert len(rows) == 30
+    assert {row["sequenceNumber"]["S"] for row in rows} == {"0" * 40}

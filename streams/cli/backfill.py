@@ -18,6 +18,7 @@ from streams.arn import Arn
 from streams.cli.common import add_parameter_overrides, sigterm_as_interrupt
 from streams.cli.local import deploy_to_local_endpoint
 from streams.deadletter import SqsDeadLetterQueue
+from streams.endpoints import service_endpoint
 from streams.errors import UserError
 from streams.local.backfill import Backfill, BackfillSettings, SegmentPositions
 from streams.local.endpoint import local_session
@@ -86,7 +87,9 @@ def _backfill(args: argparse.Namespace) -> int:
     stream_arn = sources[0].event_source_arn
     table_name = Arn.parse(stream_arn).resource.split("/")[1]
     session = local_session(mapping.region)
-    dynamodb = session.client("dynamodb", endpoint_url=mapping.endpoint_url)
+    dynamodb = session.client(
+        "dynamodb", endpoint_url=service_endpoint("dynamodb", mapping.endpoint_url)
+    )
     table = dynamodb.describe_table(TableName=table_name)["Table"]
     key_names = [key["AttributeName"] for key in table["KeySchema"]]
     segments = args.segments or min(
@@ -100,8 +103,8 @@ def _backfill(args: argparse.Namespace) -> int:
     sink = SqsDeadLetterQueue(
         named.queue_url,
         bucket=named.bucket,
-        sqs=session.client("sqs", endpoint_url=mapping.endpoint_url),
-        s3=session.client("s3", endpoint_url=mapping.endpoint_url),
+        sqs=session.client("sqs", endpoint_url=service_endpoint("sqs", mapping.endpoint_url)),
+        s3=session.client("s3", endpoint_url=service_endpoint("s3", mapping.endpoint_url)),
     )
     positions = SegmentPositions(args.state, segments)
     spec = mapping.function_spec
