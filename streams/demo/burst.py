@@ -328,6 +328,7 @@ class Demo:
                     stack.outputs["DeadLetterQueueUrl"],
                     sqs=sqs,
                     s3=session.client("s3", endpoint_url=service_endpoint("s3", endpoint.url)),
+                    bucket=stack.outputs.get("DeadLetterBucketName"),
                 )
             ),
             failed={failure.seq for failure in report.failed},
