@@ -132,6 +132,20 @@ def test_synthetic_record_has_the_keys_of_a_recorded_lambda_insert() -> None:
     assert mine.approximate_creation_time == theirs.approximate_creation_time
 
 
+def test_binary_values_as_scan_returns_them_reach_the_handler_as_lambda_delivers_them() -> None:
+    """boto3's Scan gives B and BS as bytes; Lambda's records carry base64 text."""
+    item = {
+        "childId": {"S": "c-1"},
+        "photo": {"B": b"\x00\x01"},
+        "extra": {"M": {"thumbs": {"BS": [b"\xff"]}}},
+    }
+    record = synthetic_record(item, ["childId"], stream_arn="arn", region="us-east-1", now=0)
+    json.dumps(record)  # the event travels to the function's worker as JSON
+    image = DynamoDBRecord(record).new_image
+    assert image is not None
+    assert image["photo"] == b"\x00\x01" and image["extra"]["thumbs"] == {b"\xff"}
+
+
 def test_backfill_sequence_number_is_below_any_real_one() -> None:
     recorded = json.loads(FIXTURE.read_text())["Records"]
     assert all(

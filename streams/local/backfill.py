@@ -28,6 +28,7 @@ from streams.deadletter import DeadLetter, DeadLetterSink, ErrorInfo, FunctionIn
 from streams.mapping.invoke import Invoker, NotInvoked
 from streams.mapping.responses import interpret
 from streams.records import DynamoDBRecord
+from streams.sources import attribute_value_to_lambda
 
 #: Below every real DynamoDB Streams sequence number (those are positive decimal strings).
 BACKFILL_SEQUENCE_NUMBER = "0"
@@ -41,7 +42,11 @@ def synthetic_record(
     region: str,
     now: float,
 ) -> dict[str, Any]:
-    """`item` (wire format, as Scan returns it) as the INSERT record Lambda would deliver."""
+    """`item` (wire format, as Scan returns it) as the INSERT record Lambda would deliver.
+
+    boto3 hands binary values over as bytes; Lambda's records carry them in base64, as the
+    stream sources convert them (`attribute_value_to_lambda`)."""
+    item = {name: attribute_value_to_lambda(value) for name, value in item.items()}
     keys = {name: item[name] for name in key_names}
     size = len(json.dumps(keys, separators=(",", ":"))) + len(
         json.dumps(item, separators=(",", ":"))
@@ -55,7 +60,7 @@ def synthetic_record(
         "dynamodb": {
             "ApproximateCreationDateTime": int(now),
             "Keys": keys,
-            "NewImage": dict(item),
+            "NewImage": item,
             "SequenceNumber": BACKFILL_SEQUENCE_NUMBER,
             "SizeBytes": size,
             "StreamViewType": "NEW_AND_OLD_IMAGES",
