@@ -15,7 +15,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import pytest
 from aws_lambda_powertools import Logger
 from hypothesis import given, settings
@@ -23,9 +22,14 @@ from hypothesis import given, settings
 from processor.naughty_nice import DeliveryProjection, read_child
 from streams import RecordDecodeError, SqsDeadLetterQueue, StreamProcessor
 from streams.records import KinesisRecord
+from tests import test_naughty_nice
 from tests.factories import FakeClock, kinesis_record
 from tests.test_naughty_nice import child_image
 from tests.test_records import images, oracle
+
+# The worked example's delivery table and dead-letter queue, as its own tests make them.
+delivery = test_naughty_nice.delivery
+dead_letter_queue = test_naughty_nice.dead_letter_queue
 
 _CREATED_MS = 1_796_400_000_123  # 2026-12-04, milliseconds
 
@@ -95,23 +99,15 @@ def test_data_that_is_not_a_dynamodb_change_is_a_decode_error(data: bytes) -> No
 
 
 def test_the_worked_example_on_kinesis_orders_by_creation_time_not_arrival(
-    aws: boto3.Session, unique_name: str
+    delivery: tuple[Any, str], dead_letter_queue: str
 ) -> None:
     """Changes of one child arrive out of order and twice (as Kinesis may deliver them): the
     delivery table ends with the newest by creation time; the duplicate changes nothing."""
-    client = aws.client("dynamodb")
-    client.create_table(
-        TableName=unique_name,
-        KeySchema=[{"AttributeName": "childId", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "childId", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    sqs = aws.client("sqs")
-    queue = sqs.create_queue(QueueName=f"{unique_name}-dlq")["QueueUrl"]
+    client, table = delivery
     clock = FakeClock()
     processor = StreamProcessor(
-        DeliveryProjection(unique_name, client=client, clock=clock),
-        dead_letters=SqsDeadLetterQueue(queue),
+        DeliveryProjection(table, client=client, clock=clock),
+        dead_letters=SqsDeadLetterQueue(dead_letter_queue),
         clock=clock,
         sleep=clock.sleep,
         logger=Logger(service=f"test-{uuid.uuid4().hex}", stream=io.StringIO()),
@@ -131,5 +127,5 @@ def test_the_worked_example_on_kinesis_orders_by_creation_time_not_arrival(
     event = {"Records": [carried(n, document) for n, document in enumerate(arrivals, 1)]}
 
     assert processor.process(event) == {"batchItemFailures": []}
-    child = read_child(client, unique_name, "c-1")
+    child = read_child(client, table, "c-1")
     assert child is not None and child["address"]["city"] == "Bergen"
