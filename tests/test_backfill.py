@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -15,15 +16,21 @@ import pytest
 
 from streams.backoff import Backoff
 from streams.deadletter import DeadLetter
+from streams.errors import UserError
 from streams.local.backfill import (
     BACKFILL_SEQUENCE_NUMBER,
+    MAX_EVENT_BYTES,
     Backfill,
     BackfillSettings,
+    FilePositions,
     Pacer,
     SegmentPositions,
+    TablePositions,
+    batches,
     synthetic_record,
 )
-from streams.mapping.invoke import InvokeResult
+from streams.mapping.invoke import InvokeResult, NotInvoked
+from streams.mapping.state.layout import MappingId, ensure_table
 from streams.records import DynamoDBRecord
 
 FIXTURE = Path("/work/shared/fixtures/events/dynamodb-sam-generated.json")
@@ -220,46 +227,192 @@ def test_transient_failure_is_retried_not_parked(aws: boto3.Session, table: str)
     assert len(projection.rows) == 60
 
 
-def test_rerun_after_interruption_resumes_from_kept_positions(
+class SegmentGate:
+    """A handler in-process runs in the segment's own thread (`backfill-N`): segment 0 goes
+    first; the others wait, each in its first batch, until the backfill is asked to stop. So
+    the stop comes after exactly segment 0's page, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        self.backfill: Backfill | None = None
+        self.seen: list[str] = []
+        self.lock = threading.Lock()
+
+    def handle(self, record: DynamoDBRecord) -> None:
+        if threading.current_thread().name != "backfill-0":
+            for _ in range(2000):
+                if self.backfill is not None and self.backfill.stop_requested:
+                    break
+                time.sleep(0.005)
+            else:
+                raise AssertionError("the backfill was never asked to stop")
+        with self.lock:
+            self.seen.append(record.keys["childId"])
+
+
+def test_a_stopped_backfill_keeps_only_pages_it_offered_and_a_rerun_goes_on_from_them(
     aws: boto3.Session, table: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "positions.json"
-    seen: list[str] = []
+    gate = SegmentGate()
 
-    def handle(record: DynamoDBRecord) -> None:
-        seen.append(record.keys["childId"])
+    def stop_after_segment_0(segment: int, _items: int) -> None:
+        assert gate.backfill is not None
+        gate.backfill.stop()
 
-    class Interrupted(Exception):
-        pass
-
-    def interrupt(segment: int, _items: int) -> None:
-        raise Interrupted
-
-    # moto returns at most 1 MB a page, so page with a tiny table by segments: 1 page each.
-    with pytest.raises(Interrupted):
-        backfill(
-            aws,
-            table,
-            handler_invoker(handle),
-            positions=SegmentPositions(state, 3),
-            on_page=interrupt,
-        ).run()
-    first = set(seen)
-    saved = json.loads(state.read_text())
-    done = [segment for segment, p in saved["positions"].items() if p["done"]]
-    seen.clear()
-    summary = backfill(
-        aws, table, handler_invoker(handle), positions=SegmentPositions(state, 3)
+    # moto pages at 1 MB, so each of the 3 segments of this small table is one page.
+    gate.backfill = backfill(
+        aws,
+        table,
+        handler_invoker(gate.handle),
+        positions=SegmentPositions(FilePositions(state), 3),
+        on_page=stop_after_segment_0,
+    )
+    stopped = gate.backfill.run()
+    assert stopped.stopped
+    saved = json.loads(state.read_text())["positions"]
+    assert saved == {"0": {"key": None, "done": True}}  # segments 1 and 2 were cut short
+    first = set(gate.seen)
+    rerun: list[str] = []
+    result = backfill(
+        aws,
+        table,
+        handler_invoker(lambda record: rerun.append(record.keys["childId"])),
+        positions=SegmentPositions(FilePositions(state), 3),
     ).run()
-    assert first | set(seen) == {f"c{n:03}" for n in range(60)}
-    assert done and summary.offered == 0
+    everything = {f"c{n:03}" for n in range(60)}
+    assert not result.stopped
+    assert set(rerun) == everything - _items_of(aws, table, {0})
+    assert first | set(rerun) == everything
+    assert result.offered == len(rerun)
+
+
+def _items_of(aws: boto3.Session, table: str, segments: set[int]) -> set[str]:
+    client = aws.client("dynamodb")
+    return {
+        item["childId"]["S"]
+        for segment in segments
+        for item in client.scan(TableName=table, Segment=segment, TotalSegments=3)["Items"]
+    }
+
+
+def test_ctrl_c_stops_every_segment_and_a_rerun_offers_only_the_pages_not_kept(
+    aws: boto3.Session, table: str, tmp_path: Path
+) -> None:
+    import _thread
+
+    state = tmp_path / "positions.json"
+    gate = SegmentGate()
+
+    def ctrl_c(segment: int, _items: int) -> None:
+        _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the main thread
+
+    gate.backfill = backfill(
+        aws,
+        table,
+        handler_invoker(gate.handle),
+        positions=SegmentPositions(FilePositions(state), 3),
+        on_page=ctrl_c,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        gate.backfill.run()
+    # run() raised only once every segment had ended.
+    assert not [t for t in threading.enumerate() if t.name.startswith("backfill-")]
+    rerun: list[str] = []
+    summary = backfill(
+        aws,
+        table,
+        handler_invoker(lambda record: rerun.append(record.keys["childId"])),
+        positions=SegmentPositions(FilePositions(state), 3),
+    ).run()
+    assert set(rerun) == {f"c{n:03}" for n in range(60)} - _items_of(aws, table, {0})
+    assert summary.offered == len(rerun)
+
+
+def test_positions_kept_in_the_state_table_resume_a_backfill(
+    aws: boto3.Session, table: str, unique_name: str
+) -> None:
+    client = aws.client("dynamodb")
+    state_table = f"{unique_name}-state"
+    ensure_table(client, state_table)
+    mapping = MappingId(
+        "Projector", f"arn:aws:dynamodb:us-east-1:123456789012:table/{table}/stream/x"
+    )
+
+    def positions(*, fresh: bool = False) -> SegmentPositions:
+        return SegmentPositions(TablePositions(client, state_table, mapping), 3, fresh=fresh)
+
+    seen: list[str] = []
+    first = backfill(
+        aws,
+        table,
+        handler_invoker(lambda record: seen.append(record.keys["childId"])),
+        positions=positions(),
+        on_page=lambda segment, items: first.stop(),
+    )
+    first.run()
+    kept = [
+        item
+        for item in client.scan(TableName=state_table)["Items"]
+        if item["sk"]["S"].startswith("backfill#")
+    ]
+    assert kept and all(item["pk"]["S"] == mapping.key for item in kept)
+    done = {int(item["sk"]["S"].removeprefix("backfill#")) for item in kept if item["done"]["BOOL"]}
+    seen.clear()
+    backfill(
+        aws,
+        table,
+        handler_invoker(lambda record: seen.append(record.keys["childId"])),
+        positions=positions(),
+    ).run()
+    assert set(seen) == {f"c{n:03}" for n in range(60)} - _items_of(aws, table, done)
+    assert positions().all_done
+    assert not positions(fresh=True).all_done  # --fresh forgets them
+
+
+def test_binary_keys_are_kept_in_the_positions_file(tmp_path: Path) -> None:
+    state = tmp_path / "positions.json"
+    key = {"id": {"B": b"\x00\xff"}, "at": {"N": "12"}}
+    SegmentPositions(FilePositions(state), 2).record(1, key)
+    resumed = SegmentPositions(FilePositions(state), 2)
+    assert resumed.start(1) == (False, key)
+    assert resumed.start(0) == (False, None)
 
 
 def test_positions_of_another_segment_count_are_refused(tmp_path: Path) -> None:
     state = tmp_path / "positions.json"
-    SegmentPositions(state, 3).record(0, None, 3)
-    with pytest.raises(ValueError, match="--segments"):
-        SegmentPositions(state, 4)
+    SegmentPositions(FilePositions(state), 3).record(0, None)
+    with pytest.raises(UserError, match="--segments 3"):
+        SegmentPositions(FilePositions(state), 4)
+
+
+def test_a_throttled_invocation_is_offered_again_without_using_up_an_attempt(
+    aws: boto3.Session, table: str
+) -> None:
+    sink = Sink()
+    throttles = iter(range(10))  # more throttles than attempts
+
+    def invoke(event: Mapping[str, Any], deadline_seconds: float) -> InvokeResult:
+        if next(throttles, None) is not None:
+            raise NotInvoked("TooManyRequestsException")
+        return handler_invoker(lambda record: None)(event, deadline_seconds)
+
+    summary = backfill(aws, table, invoke, sink=sink, segments=1).run()
+    assert sink.letters == []
+    assert (summary.applied, summary.parked, summary.throttled) == (60, 0, 10)
+
+
+def test_batches_stay_within_lambdas_payload_limit() -> None:
+    big = {"dynamodb": {"NewImage": {"blob": {"S": "x" * 390_000}}}}
+    records = [dict(big) for _ in range(40)]
+    split = list(batches(records, max_records=100))
+    assert sum(len(batch) for batch in split) == 40
+    assert all(
+        len(json.dumps({"Records": batch}, separators=(",", ":")).encode()) <= 6 * 1024 * 1024
+        for batch in split
+    )
+    assert len(split) == 3  # 16 records of ~390 KB fit in 6 MB, not 17
+    assert MAX_EVENT_BYTES < 6 * 1024 * 1024
+    assert [len(b) for b in batches(records[:5], max_records=2)] == [2, 2, 1]
 
 
 def test_pacer_keeps_consumed_units_within_the_rate() -> None:
@@ -313,3 +466,32 @@ def test_cli_backfills_the_worked_example_into_its_delivery_table(
     rows = client.scan(TableName=delivery)["Items"]
     assert len(rows) == 30
     assert {row["sequenceNumber"]["S"] for row in rows} == {"0" * 40}
+
+
+def test_without_state_positions_are_kept_in_the_mapping_state_table_and_a_finished_backfill_says_so(  # noqa: E501
+    aws: boto3.Session,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streams.cli import main
+
+    template = str(Path(__file__).resolve().parents[1] / "template.yaml")
+    monkeypatch.chdir(tmp_path)
+    stack = f"bf-{uuid.uuid4().hex[:8]}"
+    common = ["--template", template, "--stack-name", stack, "--function", "ProcessorFunction"]
+    assert main(["backfill", *common, "--json"]) == 0  # deploys; the table is empty
+    client = aws.client("dynamodb")
+    source = next(t for t in client.list_tables()["TableNames"] if t.startswith(f"{stack}-Source"))
+    for number in range(5):
+        client.put_item(
+            TableName=source,
+            Item={"childId": {"S": f"c{number}"}, "status": {"S": "nice"}, "address": {"M": {}}},
+        )
+    capsys.readouterr()
+    assert main(["backfill", *common, "--json", "--fresh"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["offered"] == 5
+    assert main(["backfill", *common]) == 0
+    assert "finished already" in capsys.readouterr().out
+    assert main(["backfill", *common, "--json", "--fresh"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["offered"] == 5

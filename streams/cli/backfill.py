@@ -1,8 +1,10 @@
 """`streams backfill`: every item the source table holds now, through the function's handler.
 
-Run it while `streams run` follows the stream from TRIM_HORIZON (the order README's "Backfill"
-states as a contract): each item is offered as an INSERT record whose sequence number is below
-any real one, in the function's own warm worker processes.
+Run it while the stream is followed from TRIM_HORIZON (`streams run` locally; the deployed
+event source mapping on AWS): the order README's "Backfill" states as a contract. Each item is
+offered as an INSERT record whose sequence number is below any real one, in the function's own
+warm worker processes (`--invoke local`, against the local endpoint) or to the deployed
+function with Lambda's Invoke (`--invoke deployed`, against AWS or any endpoint).
 """
 
 from __future__ import annotations
@@ -10,26 +12,37 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
+import boto3
+from botocore.config import Config
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from streams.arn import Arn
 from streams.cli.common import add_parameter_overrides, sigterm_as_interrupt
 from streams.cli.local import deploy_to_local_endpoint
 from streams.deadletter import SqsDeadLetterQueue
 from streams.endpoints import service_endpoint
 from streams.errors import UserError
-from streams.local.backfill import Backfill, BackfillSettings, SegmentPositions
+from streams.local.backfill import (
+    Backfill,
+    BackfillSettings,
+    BackfillSummary,
+    BackfillTarget,
+    FilePositions,
+    SegmentPositions,
+    dynamodb_stream_of,
+    function_backfill,
+    local_positions,
+)
 from streams.local.endpoint import local_session
 from streams.local.run import LocalMapping
 from streams.local.template import DEFAULT_TEMPLATE
-from streams.mapping.function.interpreter import resolve_interpreter
-from streams.mapping.function.pool import WorkerPool
+from streams.ops.deployed import DeployedFunction, DeployedSource
 
-#: Items per segment: DynamoDB's parallel scan guidance is a segment per ~2 GB; locally, a few.
-_ITEMS_PER_SEGMENT = 5000
-_MAX_DEFAULT_SEGMENTS = 8
+OnPage = Callable[[int, int], None]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,13 +50,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "backfill",
         help="offer every item the source table holds now to the function, as INSERT records",
         description="Scan the function's DynamoDB source table in parallel and offer each item "
-        "to its handler (in warm worker processes, as `streams run`) as an INSERT record whose "
-        "sequence number is below any real one. Start `streams run` first: see README, Backfill.",
+        "to its handler as an INSERT record whose sequence number is below any real one: in "
+        "warm worker processes, as `streams run` (--invoke local, the default), or to the "
+        "deployed function with Lambda's Invoke (--invoke deployed --function-name NAME). "
+        "Start following the stream first: see README, Backfill.",
     )
     parser.add_argument(
-        "--template", default=str(DEFAULT_TEMPLATE), help=f"SAM template ({DEFAULT_TEMPLATE})"
+        "--invoke",
+        choices=("local", "deployed"),
+        default="local",
+        help="where the handler runs: the local endpoint's stack (local) or the deployed "
+        "function (deployed)",
     )
-    parser.add_argument("--function", metavar="LOGICAL_ID", help="the function to backfill")
+    parser.add_argument(
+        "--template",
+        default=str(DEFAULT_TEMPLATE),
+        help=f"local: SAM template ({DEFAULT_TEMPLATE})",
+    )
+    parser.add_argument("--function", metavar="LOGICAL_ID", help="local: the function")
+    parser.add_argument(
+        "--function-name", metavar="NAME", help="deployed: the function's name or ARN"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="deployed: invocations in flight at most (default: one per segment)",
+    )
     parser.add_argument("--segments", type=int, help="parallel scan segments (default: by size)")
     parser.add_argument(
         "--max-read-share",
@@ -57,10 +89,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="read units per second for an on-demand table (default: unpaced)",
     )
     parser.add_argument("--consistent-read", action="store_true", help="strongly consistent scan")
-    parser.add_argument("--state", type=Path, help="file keeping segment positions (resumable)")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        help="file keeping segment positions (default: the local mapping's state table; "
+        "deployed: none, so pass one to make a backfill resumable)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="forget kept positions: offer every item again"
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
-        "--stack-name", help="stack (default: the recorded one, else streams-local)"
+        "--stack-name", help="local: stack (default: the recorded one, else streams-local)"
     )
     add_parameter_overrides(parser)
     parser.add_argument("--region", help="region (default: the endpoint's, else us-east-1)")
@@ -70,84 +110,178 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _backfill(args: argparse.Namespace) -> int:
     if not 0 < args.max_read_share <= 1:
         raise UserError(f"--max-read-share must be in (0, 1], got {args.max_read_share}")
+    for flag, value in (
+        ("--segments", args.segments),
+        ("--concurrency", args.concurrency),
+        ("--read-rate", args.read_rate),
+    ):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    if args.segments is not None and args.segments > 1_000_000:
+        raise UserError("--segments is at most 1,000,000 (DynamoDB's TotalSegments limit)")
     messages = sys.stderr if args.json else sys.stdout
+    if args.invoke == "deployed":
+        return _deployed(args, messages)
+    if args.function_name is not None or args.concurrency is not None:
+        raise UserError("--function-name and --concurrency go with --invoke deployed")
+    return _local(args, messages)
+
+
+def _local(args: argparse.Namespace, messages: TextIO) -> int:
     stack = deploy_to_local_endpoint(
         args,
         messages=messages,
-        refusal="no local endpoint: streams backfill runs against a local endpoint only "
-        "(--invoke deployed is not built yet); start `streams local up` or set AWS_ENDPOINT_URL",
+        refusal="no local endpoint: `streams backfill` runs the handler locally against a "
+        "local endpoint; start `streams local up`, or use --invoke deployed --function-name",
     )
     mapping = LocalMapping(stack, args.function, region=args.region)
-    sources = [s for s in mapping.function.event_sources if s.event_source == "aws:dynamodb"]
-    if len(sources) != 1:
-        raise UserError(
-            f"function {mapping.function.logical_id} has {len(sources)} DynamoDB stream event "
-            "sources: backfill needs exactly one"
-        )
-    stream_arn = sources[0].event_source_arn
-    table_name = Arn.parse(stream_arn).resource.split("/")[1]
+    stream_arn = dynamodb_stream_of(mapping.function)
     session = local_session(mapping.region)
     dynamodb = session.client(
         "dynamodb", endpoint_url=service_endpoint("dynamodb", mapping.endpoint_url)
     )
-    table = dynamodb.describe_table(TableName=table_name)["Table"]
-    key_names = [key["AttributeName"] for key in table["KeySchema"]]
-    segments = args.segments or min(
-        _MAX_DEFAULT_SEGMENTS, max(1, table.get("ItemCount", 0) // _ITEMS_PER_SEGMENT + 1)
+    target = BackfillTarget.of(dynamodb, stream_arn)
+    segments = args.segments or target.segments()
+    positions = local_positions(
+        mapping, dynamodb, stream_arn, segments, state=args.state, fresh=args.fresh
     )
-    provisioned = table.get("ProvisionedThroughput", {}).get("ReadCapacityUnits", 0)
-    rate = provisioned * args.max_read_share if provisioned else args.read_rate
-    environment = mapping.function_spec.environment
-    # The function's own dead-letter queue (its environment names it), as on the stream.
-    named = SqsDeadLetterQueue.from_environment(environment)
+    settings = BackfillSettings(
+        segments=segments,
+        read_units_per_second=target.read_rate(args.max_read_share, args.read_rate),
+        consistent_read=args.consistent_read,
+        deadline_seconds=mapping.function_spec.timeout,
+    )
+
+    def run(on_page: OnPage) -> BackfillSummary:
+        with function_backfill(
+            mapping, session, target, settings=settings, positions=positions, on_page=on_page
+        ) as backfill:
+            return _interruptible(backfill)
+
+    return _report(args, messages, target, positions, run)
+
+
+def _deployed(args: argparse.Namespace, messages: TextIO) -> int:
+    if args.function_name is None:
+        raise UserError("--invoke deployed needs --function-name (the deployed function)")
+    for flag, given in (("--function", args.function), ("--stack-name", args.stack_name)):
+        if given is not None:
+            raise UserError(f"{flag} goes with --invoke local; deployed takes --function-name")
+    session = boto3.Session(region_name=args.region)
+    lambda_client = session.client(
+        "lambda",
+        endpoint_url=service_endpoint("lambda", None),
+        # A synchronous invocation lasts up to the function's timeout (15 minutes at most).
+        config=Config(read_timeout=910, retries={"mode": "standard"}),
+    )
+    source = DeployedSource.of(lambda_client, args.function_name)
+    dynamodb = session.client("dynamodb", endpoint_url=service_endpoint("dynamodb", None))
+    target = BackfillTarget.of(dynamodb, source.stream_arn)
+    segments = args.segments or target.segments()
+    print(
+        f"streams: backfilling {target.table_name} into the deployed {source.function_name}",
+        file=messages,
+        flush=True,
+    )
+    if args.state is None:
+        print(
+            "streams: positions are not kept (no --state): an interrupted backfill starts over",
+            file=messages,
+        )
+    positions = SegmentPositions(
+        None if args.state is None else FilePositions(args.state), segments, fresh=args.fresh
+    )
+    named = SqsDeadLetterQueue.from_environment(source.environment)
     sink = SqsDeadLetterQueue(
         named.queue_url,
         bucket=named.bucket,
-        sqs=session.client("sqs", endpoint_url=service_endpoint("sqs", mapping.endpoint_url)),
-        s3=session.client("s3", endpoint_url=service_endpoint("s3", mapping.endpoint_url)),
+        sqs=session.client("sqs", endpoint_url=service_endpoint("sqs", None)),
+        s3=session.client("s3", endpoint_url=service_endpoint("s3", None)),
     )
-    positions = SegmentPositions(args.state, segments)
-    spec = mapping.function_spec
-    per_segment = max(1, table.get("ItemCount", 0) // segments)
-    with (
-        WorkerPool(spec, resolve_interpreter(spec.runtime, spec.code_uri)) as workers,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=None,
-            disable=args.json,
-        ) as progress,
-        sigterm_as_interrupt(),
-    ):
-        tasks = [progress.add_task(f"segment {n}", total=per_segment) for n in range(segments)]
-        backfill = Backfill(
-            dynamodb=dynamodb,
-            table_name=table_name,
-            key_names=key_names,
-            stream_arn=stream_arn,
-            region=mapping.region,
-            invoke=workers,
-            sink=sink,
-            settings=BackfillSettings(
-                segments=segments, read_units_per_second=rate, consistent_read=args.consistent_read
-            ),
-            positions=positions,
-            function_name=spec.name,
-            on_page=lambda segment, items: progress.advance(tasks[segment], items),
+    settings = BackfillSettings(
+        segments=segments,
+        read_units_per_second=target.read_rate(args.max_read_share, args.read_rate),
+        consistent_read=args.consistent_read,
+        concurrency=args.concurrency,
+    )
+
+    def run(on_page: OnPage) -> BackfillSummary:
+        return _interruptible(
+            Backfill(
+                dynamodb=dynamodb,
+                table_name=target.table_name,
+                key_names=target.key_names,
+                stream_arn=target.stream_arn,
+                region=session.region_name,
+                invoke=DeployedFunction(lambda_client, source.function_name),
+                sink=sink,
+                settings=settings,
+                positions=positions,
+                function_name=source.function_name,
+                on_page=on_page,
+            )
         )
+
+    return _report(args, messages, target, positions, run)
+
+
+def _interruptible(backfill: Backfill) -> BackfillSummary:
+    with sigterm_as_interrupt():
         try:
-            summary = backfill.run()
+            return backfill.run()
         except KeyboardInterrupt:
-            print("streams: stopped (Ctrl-C): rerun with the same --state to go on", file=messages)
-            return 130
+            # Backfill.run has stopped its segments and kept what each offered.
+            raise _Interrupted from None
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _report(
+    args: argparse.Namespace,
+    messages: TextIO,
+    target: BackfillTarget,
+    positions: SegmentPositions,
+    run: Callable[[OnPage], BackfillSummary],
+) -> int:
+    if positions.all_done:
+        print(
+            f"streams: every segment of this backfill finished already (positions kept in "
+            f"{positions.where}): --fresh offers every item again",
+            file=messages,
+        )
+        return 0
+    segments = positions.total
+    per_segment = max(1, target.item_count // segments)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=messages),
+        disable=args.json,
+    ) as progress:
+        tasks = [progress.add_task(f"segment {n}", total=per_segment) for n in range(segments)]
+        try:
+            summary = run(lambda segment, items: progress.advance(tasks[segment], items))
+        except _Interrupted:
+            summary = None
+    if summary is None:
+        print(
+            f"streams: stopped (Ctrl-C); every page offered is kept in {positions.where}: "
+            "run the same command again to go on",
+            file=messages,
+        )
+        return 130
     if args.json:
         print(json.dumps(summary.as_json()))
     else:
         print(
             f"offered {summary.offered}, applied {summary.applied}, parked {summary.parked}, "
-            f"retried {summary.retried} in {summary.seconds:.1f} s",
+            f"retried {summary.retried}, throttled {summary.throttled} in "
+            f"{summary.seconds:.1f} s ({summary.offered / max(summary.seconds, 1e-9):,.0f} "
+            "items/s)",
             file=messages,
         )
     return 0

@@ -8,30 +8,62 @@ one (the worked example's guard) therefore never lets a scanned item overwrite a
 and a streamed change always overwrites a scanned one. Every synthetic record has the same
 sequence number, so a partial batch response cannot name one of them: a batch that fails in any
 way is offered again one record at a time (the guard makes the repeat harmless).
+
+The handler runs where `invoke` says: the function's warm worker processes (locally) or the
+deployed function (`streams.local.deployed`). A throttled invocation (`NotInvoked`) costs no
+attempt: it is backed off and offered again, never parked. Segment positions are kept after
+each page is offered (a file, or the local mapping's state table), so an interrupted backfill
+goes on where it stopped; a page cut short is offered again, never skipped.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from streams.arn import Arn
 from streams.backoff import Backoff
-from streams.deadletter import DeadLetter, DeadLetterSink, ErrorInfo, FunctionInfo
+from streams.deadletter import (
+    DeadLetter,
+    DeadLetterSink,
+    ErrorInfo,
+    FunctionInfo,
+    SqsDeadLetterQueue,
+)
+from streams.endpoints import service_endpoint
+from streams.errors import UserError
+from streams.mapping.function.interpreter import resolve_interpreter
+from streams.mapping.function.pool import WorkerPool
 from streams.mapping.invoke import Invoker, NotInvoked
-from streams.mapping.responses import interpret
+from streams.mapping.responses import Outcome, interpret
+from streams.mapping.state.layout import MappingId, ensure_table
 from streams.records import DynamoDBRecord
 from streams.sources import attribute_value_to_lambda
 
+if TYPE_CHECKING:
+    import boto3
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
+    from streams.local.run import LocalMapping
+    from streams.local.template import TemplateFunction
+
 #: Below every real DynamoDB Streams sequence number (those are positive decimal strings).
 BACKFILL_SEQUENCE_NUMBER = "0"
+#: Lambda's payload limit for a synchronous invocation is 6 MB; the event's envelope fits in
+#: the room left.
+MAX_EVENT_BYTES = 6 * 1024 * 1024 - 1024
+#: The state table's items of a backfill: one per segment, in the mapping's partition.
+BACKFILL_PREFIX = "backfill#"
 
 
 def synthetic_record(
@@ -69,6 +101,24 @@ def synthetic_record(
     }
 
 
+def batches(
+    records: Sequence[dict[str, Any]], *, max_records: int, max_bytes: int = MAX_EVENT_BYTES
+) -> Iterator[list[dict[str, Any]]]:
+    """`records` in order, in batches of at most `max_records` whose event is within `max_bytes`
+    as JSON (an item is at most 400 KB, so one record always fits)."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for record in records:
+        record_size = len(json.dumps(record, separators=(",", ":")).encode()) + 1
+        if batch and (len(batch) == max_records or size + record_size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += record_size
+    if batch:
+        yield batch
+
+
 @dataclass(frozen=True)
 class BackfillSettings:
     segments: int = 4
@@ -79,6 +129,8 @@ class BackfillSettings:
     max_attempts: int = 4
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.1, cap=5.0))
     deadline_seconds: float = 60.0
+    #: Invocations in flight at most (default: one per segment).
+    concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +139,10 @@ class BackfillSummary:
     applied: int
     parked: int
     retried: int
+    throttled: int
     seconds: float
+    #: Stopped before the end (`Backfill.stop`, Ctrl-C): a rerun with the same positions goes on.
+    stopped: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -95,7 +150,9 @@ class BackfillSummary:
             "applied": self.applied,
             "parked": self.parked,
             "retried": self.retried,
+            "throttled": self.throttled,
             "seconds": round(self.seconds, 3),
+            "stopped": self.stopped,
         }
 
 
@@ -130,37 +187,188 @@ class Pacer:
             self._sleep(wait)
 
 
-class SegmentPositions:
-    """Each segment's LastEvaluatedKey, kept in a JSON file after every page offered."""
+#: A segment's saved position: finished, or the key to scan on from (None: from the start).
+Position = tuple[bool, dict[str, Any] | None]
 
-    def __init__(self, path: Path | None, total_segments: int) -> None:
-        self._path = path
+
+class PositionStore(Protocol):
+    """Where segment positions are kept between runs."""
+
+    #: Where, for messages ("positions.json", "the state table streams-local-state").
+    where: str
+
+    def load(self) -> tuple[int, dict[int, Position]] | None:
+        """(the backfill's segment count, each saved segment's position), or None."""
+        ...
+
+    def save(self, total: int, segment: int, key: dict[str, Any] | None) -> None:
+        """Keep `segment`'s position: the key to go on from, None once it is finished."""
+        ...
+
+    def clear(self) -> None: ...
+
+
+def _key_to_json(key: Mapping[str, Any]) -> dict[str, Any]:
+    """A scan key (S, N or B values: the only key types) as JSON; B as base64."""
+    return {
+        name: {"B64": base64.b64encode(value["B"]).decode()} if "B" in value else dict(value)
+        for name, value in key.items()
+    }
+
+
+def _key_from_json(key: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        name: {"B": base64.b64decode(value["B64"])} if "B64" in value else dict(value)
+        for name, value in key.items()
+    }
+
+
+class FilePositions:
+    """Positions in a JSON file (`--state PATH`), replaced atomically after every page."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
         self._lock = threading.Lock()
-        self._positions: dict[str, Any] = {}
-        if path is not None and path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("segments") != total_segments:
-                raise ValueError(
-                    f"{path} was written by a backfill of {saved.get('segments')} segments, "
-                    f"not {total_segments}: use the same --segments or another --state"
+        self._saved: dict[str, Any] = {}
+
+    def load(self) -> tuple[int, dict[int, Position]] | None:
+        if not self.path.exists():
+            return None
+        try:
+            saved = json.loads(self.path.read_text())
+            total = int(saved["segments"])
+            positions = {
+                int(segment): (
+                    bool(p["done"]),
+                    None if p["key"] is None else _key_from_json(p["key"]),
                 )
-            self._positions = saved["positions"]
+                for segment, p in saved["positions"].items()
+            }
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(
+                f"{self.path} is not a backfill's positions ({type(error).__name__}): "
+                "pass another --state, or --fresh to start over"
+            ) from None
+        self._saved = saved
+        return total, positions
 
-    def start(self, segment: int) -> tuple[bool, dict[str, Any] | None]:
-        """(finished, the key to scan on from) for `segment`."""
-        position = self._positions.get(str(segment))
-        if position is None:
-            return False, None
-        return bool(position["done"]), position["key"]
-
-    def record(self, segment: int, key: dict[str, Any] | None, total: int) -> None:
+    def save(self, total: int, segment: int, key: dict[str, Any] | None) -> None:
         with self._lock:
-            self._positions[str(segment)] = {"key": key, "done": key is None}
-            if self._path is None:
-                return
-            temporary = self._path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({"segments": total, "positions": self._positions}))
-            os.replace(temporary, self._path)
+            positions = dict(self._saved.get("positions", {}))
+            positions[str(segment)] = {
+                "key": None if key is None else _key_to_json(key),
+                "done": key is None,
+            }
+            self._saved = {"segments": total, "positions": positions}
+            temporary = self.path.with_suffix(self.path.suffix + ".tmp")
+            temporary.write_text(json.dumps(self._saved))
+            os.replace(temporary, self.path)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._saved = {}
+            self.path.unlink(missing_ok=True)
+
+
+class TablePositions:
+    """Positions in the local mapping's state table, beside its checkpoints: one item per
+    segment, `sk = "backfill#<segment>"` in the mapping's partition (docs/mapping-state.md)."""
+
+    def __init__(self, client: DynamoDBClient, table_name: str, mapping: MappingId) -> None:
+        self._client, self._table, self._mapping = client, table_name, mapping
+        self.where = f"the state table {table_name}"
+
+    def _items(self) -> list[dict[str, Any]]:
+        paginator = self._client.get_paginator("query")
+        return [
+            item
+            for page in paginator.paginate(
+                TableName=self._table,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                ExpressionAttributeValues={
+                    ":pk": {"S": self._mapping.key},
+                    ":prefix": {"S": BACKFILL_PREFIX},
+                },
+                ConsistentRead=True,
+            )
+            for item in page["Items"]
+        ]
+
+    def load(self) -> tuple[int, dict[int, Position]] | None:
+        items = self._items()
+        if not items:
+            return None
+        totals = {int(item["segments"]["N"]) for item in items}
+        positions = {
+            int(item["sk"]["S"].removeprefix(BACKFILL_PREFIX)): (
+                item["done"]["BOOL"],
+                item["key"]["M"] if "key" in item else None,
+            )
+            for item in items
+        }
+        return max(totals), positions
+
+    def save(self, total: int, segment: int, key: dict[str, Any] | None) -> None:
+        item: dict[str, Any] = {
+            "pk": {"S": self._mapping.key},
+            "sk": {"S": f"{BACKFILL_PREFIX}{segment}"},
+            "segments": {"N": str(total)},
+            "done": {"BOOL": key is None},
+            "savedAt": {"S": datetime.now(UTC).isoformat()},
+        }
+        if key is not None:
+            item["key"] = {"M": key}
+        self._client.put_item(TableName=self._table, Item=item)
+
+    def clear(self) -> None:
+        for item in self._items():
+            self._client.delete_item(
+                TableName=self._table, Key={"pk": item["pk"], "sk": item["sk"]}
+            )
+
+
+class SegmentPositions:
+    """Each segment's position for one backfill of `total_segments` segments; kept in `store`
+    (None: nowhere, a rerun starts over). `fresh` forgets what the store holds."""
+
+    def __init__(
+        self, store: PositionStore | None, total_segments: int, *, fresh: bool = False
+    ) -> None:
+        self._store, self.total = store, total_segments
+        #: Where the positions are kept, for messages.
+        self.where = "nowhere" if store is None else store.where
+        self._positions: dict[int, Position] = {}
+        if store is None:
+            return
+        if fresh:
+            store.clear()
+            return
+        loaded = store.load()
+        if loaded is None:
+            return
+        total, positions = loaded
+        if total != total_segments:
+            raise UserError(
+                f"{store.where} holds a backfill of {total} segments, not {total_segments}: "
+                f"pass --segments {total} to go on with it, or --fresh to start over"
+            )
+        self._positions = positions
+
+    @property
+    def all_done(self) -> bool:
+        return len(self._positions) == self.total and all(
+            done for done, _key in self._positions.values()
+        )
+
+    def start(self, segment: int) -> Position:
+        """(finished, the key to scan on from) for `segment`."""
+        return self._positions.get(segment, (False, None))
+
+    def record(self, segment: int, key: dict[str, Any] | None) -> None:
+        self._positions[segment] = (key is None, key)
+        if self._store is not None:
+            self._store.save(self.total, segment, key)
 
 
 @dataclass
@@ -169,12 +377,17 @@ class _Counts:
     applied: int = 0
     parked: int = 0
     retried: int = 0
+    throttled: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, **counts: int) -> None:
         with self.lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
+
+
+class _Stopped(Exception):
+    """`Backfill.stop` was called: the segment ends without keeping its current page."""
 
 
 class Backfill:
@@ -205,92 +418,135 @@ class Backfill:
         self._pacer = Pacer(settings.read_units_per_second, clock=clock, sleep=sleep)
         self._on_page = on_page
         self._counts = _Counts()
+        self._stopping = threading.Event()
+        self._in_flight = threading.BoundedSemaphore(settings.concurrency or settings.segments)
+
+    def stop(self) -> None:
+        """Stop soon (thread-safe): batches in flight finish, the pages they belong to are not
+        kept as done, and `run` returns a summary that says it stopped."""
+        self._stopping.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stopping.is_set()
 
     def run(self) -> BackfillSummary:
+        """Scan every segment not finished yet. Ctrl-C stops it as `stop()` does, then raises
+        `KeyboardInterrupt` once the segments have ended."""
         started = self._clock()
         threads = [
             threading.Thread(target=self._segment, args=(segment,), name=f"backfill-{segment}")
             for segment in range(self._settings.segments)
         ]
         errors: list[BaseException] = []
-
         for thread in threads:
             thread.run = _capturing(thread.run, errors)  # type: ignore[method-assign]
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:
+            self.stop()
+            for thread in threads:
+                thread.join()
+            raise
         if errors:
             raise errors[0]
         counts = self._counts
         return BackfillSummary(
-            counts.offered, counts.applied, counts.parked, counts.retried, self._clock() - started
+            counts.offered,
+            counts.applied,
+            counts.parked,
+            counts.retried,
+            counts.throttled,
+            self._clock() - started,
+            stopped=self._stopping.is_set(),
         )
 
     def _segment(self, segment: int) -> None:
         finished, key = self._positions.start(segment)
-        while not finished:
-            request: dict[str, Any] = {
-                "TableName": self._table,
-                "Segment": segment,
-                "TotalSegments": self._settings.segments,
-                "ConsistentRead": self._settings.consistent_read,
-                "ReturnConsumedCapacity": "TOTAL",
-            }
-            if key is not None:
-                request["ExclusiveStartKey"] = key
-            page = self._dynamodb.scan(**request)
-            self._pacer.spend(float(page.get("ConsumedCapacity", {}).get("CapacityUnits", 0.0)))
-            items = page.get("Items", [])
-            for start in range(0, len(items), self._settings.batch_size):
-                self._offer(items[start : start + self._settings.batch_size])
-            key = page.get("LastEvaluatedKey")
-            # Kept only once the page is offered: a rerun offers it again, never skips it.
-            self._positions.record(segment, key, self._settings.segments)
-            finished = key is None
-            if self._on_page is not None:
-                self._on_page(segment, len(items))
+        try:
+            while not finished and not self._stopping.is_set():
+                request: dict[str, Any] = {
+                    "TableName": self._table,
+                    "Segment": segment,
+                    "TotalSegments": self._settings.segments,
+                    "ConsistentRead": self._settings.consistent_read,
+                    "ReturnConsumedCapacity": "TOTAL",
+                }
+                if key is not None:
+                    request["ExclusiveStartKey"] = key
+                page = self._dynamodb.scan(**request)
+                self._pacer.spend(float(page.get("ConsumedCapacity", {}).get("CapacityUnits", 0.0)))
+                items = page.get("Items", [])
+                now = time.time()
+                records = [
+                    synthetic_record(
+                        item, self._keys, stream_arn=self._stream_arn, region=self._region, now=now
+                    )
+                    for item in items
+                ]
+                for batch in batches(records, max_records=self._settings.batch_size):
+                    if self._stopping.is_set():
+                        return  # the page is not kept: a rerun offers it again
+                    self._offer(batch)
+                key = page.get("LastEvaluatedKey")
+                # Kept only once the page is offered: a rerun offers it again, never skips it.
+                self._positions.record(segment, key)
+                finished = key is None
+                if self._on_page is not None:
+                    self._on_page(segment, len(items))
+        except _Stopped:
+            return
 
-    def _offer(self, items: Sequence[Mapping[str, Any]]) -> None:
-        now = time.time()
-        records = [
-            synthetic_record(
-                item, self._keys, stream_arn=self._stream_arn, region=self._region, now=now
-            )
-            for item in items
-        ]
+    def _offer(self, records: list[dict[str, Any]]) -> None:
         self._counts.add(offered=len(records))
-        if self._succeeds(records):
+        if self._outcome(records).succeeded:
             self._counts.add(applied=len(records))
             return
         for record in records:
             self._offer_alone(record)
 
-    def _succeeds(self, records: list[dict[str, Any]]) -> bool:
-        try:
-            result = self._invoke({"Records": records}, self._settings.deadline_seconds)
-        except NotInvoked:
-            return False
-        outcome = interpret(
-            result, [BACKFILL_SEQUENCE_NUMBER] * len(records), report_batch_item_failures=True
-        )
-        return outcome.succeeded
+    def _outcome(self, records: list[dict[str, Any]]) -> Outcome:
+        """The function's verdict on `records`; a throttled invocation is offered again after a
+        pause, without using up an attempt (as the mapping does)."""
+        throttles = 0
+        while True:
+            try:
+                with self._in_flight:
+                    result = self._invoke({"Records": records}, self._settings.deadline_seconds)
+            except NotInvoked:
+                if self._stopping.is_set():
+                    raise _Stopped from None
+                self._counts.add(throttled=1)
+                self._sleep(self._settings.backoff.delay(throttles))
+                throttles += 1
+                continue
+            return interpret(
+                result, [BACKFILL_SEQUENCE_NUMBER] * len(records), report_batch_item_failures=True
+            )
 
     def _offer_alone(self, record: dict[str, Any]) -> None:
+        outcome: Outcome | None = None
         for attempt in range(self._settings.max_attempts):
             if attempt:
                 self._counts.add(retried=1)
                 self._sleep(self._settings.backoff.delay(attempt - 1))
-            if self._succeeds([record]):
+            outcome = self._outcome([record])
+            if outcome.succeeded:
                 self._counts.add(applied=1)
                 return
-        self._park(record)
+        assert outcome is not None  # max_attempts is at least 1
+        self._park(record, outcome)
 
-    def _park(self, record: dict[str, Any]) -> None:
+    def _park(self, record: dict[str, Any], outcome: Outcome) -> None:
         letter = DeadLetter(
             record=DynamoDBRecord(record),
             reason="backfill",
             # The type only: an error message can repeat an attribute value.
-            error=ErrorInfo("BackfillFailed", "the handler failed every attempt", ""),
+            error=ErrorInfo(
+                outcome.error_type or "BatchItemFailure", "the handler failed every attempt", ""
+            ),
             attempts=self._settings.max_attempts,
             failed_at=datetime.now(UTC),
             function=FunctionInfo(name=self._function),
@@ -309,3 +565,114 @@ def _capturing(run: Callable[[], None], errors: list[BaseException]) -> Callable
             errors.append(error)
 
     return wrapped
+
+
+@dataclass(frozen=True)
+class BackfillTarget:
+    """A function's DynamoDB source table: its name, key, stream and size."""
+
+    table_name: str
+    key_names: tuple[str, ...]
+    stream_arn: str
+    item_count: int
+    provisioned_read_units: int
+
+    @classmethod
+    def of(cls, dynamodb: Any, stream_arn: str) -> BackfillTarget:
+        """The table whose stream is `stream_arn` (`arn:...:table/NAME/stream/LABEL`)."""
+        table_name = Arn.parse(stream_arn).resource.split("/")[1]
+        try:
+            table = dynamodb.describe_table(TableName=table_name)["Table"]
+        except dynamodb.exceptions.ResourceNotFoundException:
+            raise UserError(f"no table {table_name} (the stream {stream_arn}'s)") from None
+        return cls(
+            table_name,
+            tuple(key["AttributeName"] for key in table["KeySchema"]),
+            stream_arn,
+            int(table.get("ItemCount", 0)),
+            int(table.get("ProvisionedThroughput", {}).get("ReadCapacityUnits", 0)),
+        )
+
+    def segments(self) -> int:
+        """DynamoDB's parallel scan guidance is a segment per ~2 GB; locally, a few: one per
+        5,000 items, at most 8."""
+        return min(8, self.item_count // 5000 + 1)
+
+    def read_rate(self, share: float, on_demand_rate: float | None) -> float | None:
+        """Read units a second for the scan: `share` of provisioned capacity; on an on-demand
+        table, `on_demand_rate` (None: unpaced)."""
+        return (
+            self.provisioned_read_units * share if self.provisioned_read_units else on_demand_rate
+        )
+
+
+def dynamodb_stream_of(function: TemplateFunction) -> str:
+    """The ARN of `function`'s one DynamoDB stream event source (a backfill needs exactly one)."""
+    sources = [s for s in function.event_sources if s.event_source == "aws:dynamodb"]
+    if len(sources) != 1:
+        raise UserError(
+            f"function {function.logical_id} has {len(sources)} DynamoDB stream event sources: "
+            "backfill needs exactly one"
+        )
+    return sources[0].event_source_arn
+
+
+def local_positions(
+    mapping: LocalMapping,
+    dynamodb: DynamoDBClient,
+    stream_arn: str,
+    segments: int,
+    *,
+    state: Path | None,
+    fresh: bool,
+) -> SegmentPositions:
+    """Positions in `state` (a file), else in the local mapping's state table, beside the
+    checkpoints of the same function and stream."""
+    store: PositionStore
+    if state is not None:
+        store = FilePositions(state)
+    else:
+        ensure_table(dynamodb, mapping.state_table)
+        store = TablePositions(
+            dynamodb, mapping.state_table, MappingId(mapping.function.logical_id, stream_arn)
+        )
+    return SegmentPositions(store, segments, fresh=fresh)
+
+
+@contextlib.contextmanager
+def function_backfill(
+    mapping: LocalMapping,
+    session: boto3.Session,
+    target: BackfillTarget,
+    *,
+    settings: BackfillSettings,
+    positions: SegmentPositions,
+    on_page: Callable[[int, int], None] | None = None,
+) -> Iterator[Backfill]:
+    """A backfill of `mapping`'s function in warm worker processes of its own (as `streams run`
+    runs it), parking in the function's own dead-letter queue (its environment names it)."""
+    spec = mapping.function_spec
+    named = SqsDeadLetterQueue.from_environment(spec.environment)
+    endpoint = mapping.endpoint_url
+    sink = SqsDeadLetterQueue(
+        named.queue_url,
+        bucket=named.bucket,
+        sqs=session.client("sqs", endpoint_url=service_endpoint("sqs", endpoint)),
+        s3=session.client("s3", endpoint_url=service_endpoint("s3", endpoint)),
+    )
+    with WorkerPool(spec, resolve_interpreter(spec.runtime, spec.code_uri)) as workers:
+        yield Backfill(
+            dynamodb=session.client(
+                "dynamodb", endpoint_url=service_endpoint("dynamodb", endpoint)
+            ),
+            table_name=target.table_name,
+            key_names=target.key_names,
+            stream_arn=target.stream_arn,
+            region=mapping.region,
+            invoke=workers,
+            sink=sink,
+            settings=settings,
+            positions=positions,
+            function_name=spec.name,
+            on_page=on_page,
+        )

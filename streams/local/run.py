@@ -188,7 +188,8 @@ class LocalMapping:
         self._backoff = backoff
         self._lease_seconds = lease_seconds
         self._observers = () if on_invocation is None else (OnInvocation(on_invocation),)
-        self._state_table = state_table
+        #: The state table's name in the endpoint (checkpoints, metrics, backfill positions).
+        self.state_table = state_table
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._runs: list[_Run] = []
@@ -274,7 +275,7 @@ class LocalMapping:
         store = DynamoDBCheckpointStore(
             stream.mapping_id,
             client=dynamodb,
-            table_name=self._state_table,
+            table_name=self.state_table,
             lease_seconds=self._lease_seconds,
             clock=self._clock,
         )

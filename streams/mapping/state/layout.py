@@ -3,7 +3,8 @@
 - ``sk = "lease"``: who runs the mapping now (`streams.mapping.state.lease`);
 - ``sk = "shard#<shard id>"``: the checkpoint and whether the shard is finished;
 - ``sk = "metrics#<shard id>"``: counters (``count:<name>``), the last iterator age, the shard's
-  state and the last batch's outcome (`streams.mapping.state.table`).
+  state and the last batch's outcome (`streams.mapping.state.table`);
+- ``sk = "backfill#<segment>"``: a backfill's scan position (`streams.local.backfill`).
 
 `streams.mapping.state.snapshot` reads it back for the monitor.
 """
