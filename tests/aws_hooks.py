@@ -53,7 +53,11 @@ class Hooks:
             code = code_for(context.get("test_params", {}))
             if code is None:
                 return None
-            error = {"Error": {"Code": code, "Message": f"injected {code}"}}
+            # As botocore parses a real error reply: the status is in the metadata too.
+            error = {
+                "Error": {"Code": code, "Message": f"injected {code}"},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            }
             return AWSResponse("http://127.0.0.1/", status, {}, None), error
 
         self._events.register(f"before-call.{self._service}.{operation}", fail)

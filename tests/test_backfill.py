@@ -104,9 +104,10 @@ def backfill(
     positions: SegmentPositions | None = None,
     on_page: Callable[[int, int], None] | None = None,
     segments: int = 3,
+    dynamodb: Any = None,
 ) -> Backfill:
     return Backfill(
-        dynamodb=aws.client("dynamodb"),
+        dynamodb=dynamodb or aws.client("dynamodb"),
         table_name=table,
         key_names=["childId"],
         stream_arn=f"arn:aws:dynamodb:us-east-1:123456789012:table/{table}/stream/x",
@@ -495,3 +496,27 @@ def test_without_state_positions_are_kept_in_the_mapping_state_table_and_a_finis
     assert "finished already" in capsys.readouterr().out
     assert main(["backfill", *common, "--json", "--fresh"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["offered"] == 5
+
+
+def test_a_throttled_or_failed_scan_page_is_read_again_never_skipped(
+    aws: boto3.Session, table: str
+) -> None:
+    from botocore.config import Config
+
+    from tests.aws_hooks import Hooks
+
+    # botocore gives up at once, so every injected failure reaches the backfill.
+    client = aws.client("dynamodb", config=Config(retries={"total_max_attempts": 1}))
+    codes = ["ProvisionedThroughputExceededException", "ThrottlingException"]
+    Hooks(client).fail_next("Scan", *codes)
+    Hooks(client).fail_next("Scan", "InternalServerError", status=500)
+    seen: list[str] = []
+    summary = backfill(
+        aws,
+        table,
+        handler_invoker(lambda record: seen.append(record.keys["childId"])),
+        dynamodb=client,
+        segments=1,
+    ).run()
+    assert sorted(seen) == [f"c{n:03}" for n in range(60)]
+    assert summary.throttled == 3

@@ -31,8 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
+
 from streams.arn import Arn
-from streams.backoff import Backoff
+from streams.backoff import Backoff, is_throttling
 from streams.deadletter import (
     DeadLetter,
     DeadLetterSink,
@@ -476,7 +478,7 @@ class Backfill:
                 }
                 if key is not None:
                     request["ExclusiveStartKey"] = key
-                page = self._dynamodb.scan(**request)
+                page = self._scan(request)
                 self._pacer.spend(float(page.get("ConsumedCapacity", {}).get("CapacityUnits", 0.0)))
                 items = page.get("Items", [])
                 now = time.time()
@@ -498,6 +500,27 @@ class Backfill:
                     self._on_page(segment, len(items))
         except _Stopped:
             return
+
+    def _scan(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One page; a throttled, 5xx or dropped read is read again after a pause (botocore's
+        own retries gave up on it), for as long as it takes: a page is never skipped."""
+        failures = 0
+        while True:
+            try:
+                page: dict[str, Any] = self._dynamodb.scan(**request)
+            except ClientError as error:
+                status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+                if not (is_throttling(error) or status >= 500):
+                    raise
+            except (ConnectionError, ReadTimeoutError):
+                pass
+            else:
+                return page
+            if self._stopping.is_set():
+                raise _Stopped
+            self._counts.add(throttled=1)
+            self._sleep(self._settings.backoff.delay(failures))
+            failures += 1
 
     def _offer(self, records: list[dict[str, Any]]) -> None:
         self._counts.add(offered=len(records))
