@@ -31,6 +31,7 @@ from streams.local.backfill import (
 )
 from streams.mapping.invoke import InvokeResult, NotInvoked
 from streams.mapping.state.layout import MappingId, ensure_table
+from streams.mapping.state.snapshot import read_mappings
 from streams.records import DynamoDBRecord
 
 FIXTURE = Path("/work/shared/fixtures/events/dynamodb-sam-generated.json")
@@ -367,6 +368,9 @@ def test_positions_kept_in_the_state_table_resume_a_backfill(
     ).run()
     assert set(seen) == {f"c{n:03}" for n in range(60)} - _items_of(aws, table, done)
     assert positions().all_done
+    # The monitor reads the same partition: a backfill's items do not trouble it.
+    (snapshot,) = read_mappings(client, state_table)
+    assert snapshot.mapping == mapping
     assert not positions(fresh=True).all_done  # --fresh forgets them
 
 

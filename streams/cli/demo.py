@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from streams.demo.backfill import BackfillDemoResult, BackfillScenario
 from streams.demo.burst import Demo, DemoResult, Progress
 from streams.demo.common import Delay, FaultCounts
 from streams.demo.ticket_queue import TicketQueueResult, TicketQueueScenario
@@ -15,9 +16,9 @@ from streams.errors import UserError
 from streams.local.endpoint import STATE_FILE, EndpointProcess
 from streams.local.template import DEFAULT_TEMPLATE
 
-SCENARIOS = ("burst", "vendor-api", "ticket-queue")
-#: What `--updates` is when not given: records written, per scenario.
-DEFAULT_UPDATES = {"burst": 10_000, "vendor-api": 600, "ticket-queue": 300}
+SCENARIOS = ("burst", "vendor-api", "ticket-queue", "backfill")
+#: What `--updates` is when not given: records written, per scenario (backfill: while it runs).
+DEFAULT_UPDATES = {"burst": 10_000, "vendor-api": 600, "ticket-queue": 300, "backfill": 1_000}
 DEFAULT_CHILDREN = 3_000
 
 
@@ -30,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "outputs alone. Scenarios: burst (the default: naughty-and-nice updates, about 1%% "
         "malformed, through TableWriter into template.yaml's stack), vendor-api (a 4-shard "
         "Kinesis stream posted to a rate-limited vendor through a fleet-wide RateLimit), "
-        "ticket-queue (a table's changes forwarded to a FIFO queue by QueueForwarder). Exit "
+        "ticket-queue (a table's changes forwarded to a FIFO queue by QueueForwarder), "
+        "backfill (a new projection of a table that already holds children: `streams "
+        "backfill` while updates keep arriving; verified lost 0 and stale 0). Exit "
         "code 0 only if nothing was lost. While it runs, `streams monitor` in another "
         "terminal shows the shards.",
     )
@@ -39,10 +42,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--updates",
         type=int,
         metavar="N",
-        help="records to write (burst 10,000; vendor-api 600; ticket-queue 300)",
+        help="records to write (burst 10,000; vendor-api 600; ticket-queue 300; backfill: "
+        "1,000, written while the backfill runs)",
     )
     parser.add_argument(
-        "--children", type=int, help=f"burst: children the updates touch ({DEFAULT_CHILDREN:,})"
+        "--children",
+        type=int,
+        help=f"burst: children the updates touch; backfill: children in the table before "
+        f"({DEFAULT_CHILDREN:,})",
     )
     parser.add_argument(
         "--poison-rate", type=float, default=0.01, help="fraction of malformed records (0.01)"
@@ -57,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(dead-letter queue included) fail: throttling, 5xx, dropped connections; and the "
         "function's worker is killed mid-batch now and then (default 0)",
     )
-    parser.add_argument("--template", type=Path, help="burst: the template (template.yaml)")
+    parser.add_argument(
+        "--template", type=Path, help="burst, backfill: the template (template.yaml)"
+    )
     parser.add_argument("--port", type=int, default=0, help="the endpoint's port (default: free)")
     parser.add_argument(
         "--chart",
@@ -225,6 +234,42 @@ def _ticket_summary(result: TicketQueueResult) -> None:
     print("\n".join(lines))
 
 
+def _backfill_summary(result: BackfillDemoResult) -> None:
+    v, b = result.verification, result.backfill
+    rate = b.offered / b.seconds if b.seconds else 0.0
+    lines = [
+        "",
+        f"verified from the delivery table (scan) and the dead-letter queue, "
+        f"{result.seconds:.1f} s, the function at concurrency {result.concurrency}:",
+        f"  children before        {result.children_before:>8,}  in the table, their writes "
+        "past the stream's trim horizon",
+        f"  updates during         {result.updates_after:>8,}  written while the backfill ran",
+        f"  backfill offered       {b.offered:>8,}  items in {b.seconds:.1f} s ({rate:,.0f} "
+        f"items/s): applied {b.applied:,}, parked {b.parked:,}, retried {b.retried:,}, "
+        f"throttled {b.throttled:,}",
+        f"  newest state delivered {v.children_delivered:>8,}  children; "
+        f"{result.delivered_by_scan:,} of the {result.only_in_table:,} not changed since "
+        "came from the scan (only it has them)",
+        f"  malformed              {v.malformed:>8,}",
+        f"  parked                 {v.parked:>8,}  ({result.parked_from_scan:,} offered by the "
+        "scan; the handler's poison, or `backfill` when a record kept failing)",
+        f"  superseded malformed   {v.superseded:>8,}  (a newer update of the child followed)",
+        *_delay_lines(result.delay),
+        *_fault_lines(result.faults, result.failed_invocations),
+        f"  stale                  {result.stale:>8,}  (children delivered at an older state "
+        "than their newest)",
+        f"  lost                   {v.lost:>8,}",
+    ]
+    if v.lost_children:
+        shown = ", ".join(v.lost_children[:10])
+        lines.append(
+            f"  children with a lost update: {shown}{' ...' if len(v.lost_children) > 10 else ''}"
+        )
+    if result.chart is not None:
+        lines.append(f"chart of iterator age and throughput: {result.chart}")
+    print("\n".join(lines))
+
+
 def _delay_lines(delay: Delay) -> list[str]:
     age = (
         "-" if delay.peak_iterator_age_ms is None else f"{delay.peak_iterator_age_ms / 1000:,.1f} s"
@@ -275,10 +320,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--poison-rate is a fraction between 0 and 1")
     if not 0 <= args.faults < 1:
         raise UserError("--faults is a fraction of calls, from 0 to below 1")
+    if args.children is not None and args.children < 1:
+        raise UserError("--children must be at least 1")
     if scenario != "burst":
         for flag, given in (
-            ("--children", args.children is not None),
-            ("--template", args.template is not None),
+            ("--children", args.children is not None and scenario != "backfill"),
+            ("--template", args.template is not None and scenario != "backfill"),
             ("--serve", args.serve),
         ):
             if given:
@@ -311,6 +358,25 @@ def _run(args: argparse.Namespace) -> int:
         ).run()
         _ticket_summary(tickets)
         return 0 if tickets.verification.ok else 1
+    if scenario == "backfill":
+        template = DEFAULT_TEMPLATE if args.template is None else args.template
+        if not template.is_file():
+            raise UserError(
+                f"template not found: {template} (run from the repository, or --template)"
+            )
+        backfill = BackfillScenario(
+            template=template,
+            children=DEFAULT_CHILDREN if args.children is None else args.children,
+            updates=updates,
+            poison_rate=args.poison_rate,
+            seed=args.seed,
+            faults=args.faults,
+            port=args.port,
+            chart=chart,
+            say=_say,
+        ).run()
+        _backfill_summary(backfill)
+        return 0 if backfill.ok else 1
     return _run_burst(args, updates, chart)
 
 

@@ -133,7 +133,7 @@ def verify(
     children_ok = {
         child
         for child, update in newest_valid.items()
-        if _projection(delivered.get(child)) == _projection(update)
+        if projection(delivered.get(child)) == projection(update)
     }
     valid = malformed = accounted = parked_count = superseded = 0
     lost_children: set[str] = set()
@@ -179,14 +179,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _projection(item: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+def projection(item: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
     """What the delivery table keeps of an update (processor/naughty_nice.py)."""
     if item is None:
         return None
     return (item.get("status"), item.get("region"), _plain(item.get("address")))
 
 
-def _scan(client: Any, table: str) -> dict[str, dict[str, Any]]:
+def delivered_children(client: Any, table: str) -> dict[str, dict[str, Any]]:
+    """The delivery table's children by id (tombstones left out)."""
     children: dict[str, dict[str, Any]] = {}
     for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
         for raw in page["Items"]:
@@ -196,11 +197,14 @@ def _scan(client: Any, table: str) -> dict[str, dict[str, Any]]:
     return children
 
 
-def _parked_images(reader: DeadLetterQueueReader) -> list[dict[str, Any]]:
+def parked_images(
+    reader: DeadLetterQueueReader, *, reasons: Sequence[str] = ("poison",)
+) -> list[dict[str, Any]]:
+    """The new images of the records parked for one of `reasons`, decoded."""
     messages = reader.peek()
     images = []
     for message in messages:
-        if message.reason != "poison":
+        if message.reason not in reasons:
             continue
         new_image = message.record.get("dynamodb", {}).get("NewImage") or {}
         images.append({name: _deserialize(value) for name, value in new_image.items()})
@@ -322,8 +326,8 @@ class Demo:
 
         verification = verify(
             updates,
-            _scan(dynamodb, stack.outputs["DeliveryTableName"]),
-            _parked_images(
+            delivered_children(dynamodb, stack.outputs["DeliveryTableName"]),
+            parked_images(
                 DeadLetterQueueReader(
                     stack.outputs["DeadLetterQueueUrl"],
                     sqs=sqs,

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,17 +106,26 @@ def fault_directory() -> Iterator[Path]:
 
 
 class MappingRun:
-    """The function's local mapping in a thread, with the scenario's faults.
+    """The function's local mapping in a thread, with the scenario's faults; `prepare` is given
+    each session the mapping's clients are made from (a scenario's botocore hooks).
 
     `last_delivery` is when an invocation last succeeded with records (epoch seconds);
     `failed_invocations` counts the invocations that failed (raised, timed out, or crashed:
     a killed worker).
     """
 
-    def __init__(self, stack: DeployedStack, function: str, faults: Faults) -> None:
+    def __init__(
+        self,
+        stack: DeployedStack,
+        function: str,
+        faults: Faults,
+        *,
+        prepare: Callable[[boto3.Session], None] | None = None,
+    ) -> None:
         self.stack = stack
         self.function = function
         self.faults = faults
+        self._prepare = prepare
         self.last_delivery: float | None = None
         self.failed_invocations = 0
         self.invocations = 0
@@ -126,10 +135,13 @@ class MappingRun:
         self._failure: BaseException | None = None
 
     def mapping(self) -> LocalMapping:
+        session = self.faults.session("mapping")
+        if self._prepare is not None:
+            self._prepare(session)
         return LocalMapping(
             self.stack,
             self.function,
-            session=self.faults.session("mapping"),
+            session=session,
             environment=self.faults.worker_environment(),
             on_invocation=self._seen,
         )

@@ -315,6 +315,9 @@ class TablePositions:
         item: dict[str, Any] = {
             "pk": {"S": self._mapping.key},
             "sk": {"S": f"{BACKFILL_PREFIX}{segment}"},
+            # Every item of a mapping's partition names it (the monitor reads them so).
+            "function": {"S": self._mapping.function},
+            "eventSourceARN": {"S": self._mapping.source_arn},
             "segments": {"N": str(total)},
             "done": {"BOOL": key is None},
             "savedAt": {"S": datetime.now(UTC).isoformat()},
