@@ -137,6 +137,22 @@ def test_redrive_replays_only_the_expected_streams_records(
     assert [key for key, _ in dlq_handlers.HANDLED] == ["c-1", "c-2"]
 
 
+def test_a_dry_run_lists_only_what_the_redrive_would_replay(
+    queue: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = dynamodb_record(2, child="c-2")
+    other["eventSourceARN"] = STREAM_ARN.replace("stream/", "stream/other-")
+    park(queue, [dynamodb_record(1, child="c-1")])
+    park(queue, [other])
+    capsys.readouterr()
+    command = ["dlq", "redrive", "--queue-url", queue, "--handler", "tests.dlq_handlers:fixed"]
+    assert main([*command, "--stream-arn", STREAM_ARN, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["keys"] for line in out.splitlines()] == [{"childId": "c-1"}]
+    assert "1 records would be replayed; left parked: 1 of another stream, 0 malformed" in err
+    assert dlq_handlers.HANDLED == []
+
+
 def test_the_readmes_redrive_of_the_worked_example_works_against_the_recorded_stack(  # noqa: PLR0917
     moto_endpoint: str,
     aws: boto3.Session,

@@ -22,8 +22,10 @@ from streams.ops.dlq import (
     DEFAULT_VISIBILITY_SECONDS,
     DeadLetterQueueReader,
     ParkedMessage,
+    RedriveReport,
     redrive,
     replay_order,
+    sort_for_redrive,
 )
 
 if TYPE_CHECKING:
@@ -291,11 +293,17 @@ def _redrive(args: argparse.Namespace) -> int:
     _use_function_environment(endpoint)
     handler = load_handler(args.handler)
     if args.dry_run:
-        messages = reader.peek(args.limit)
-        for group in replay_order(messages):
+        # The same choice as a redrive: never malformed messages or another stream's records.
+        left_out = RedriveReport()
+        replayable = sort_for_redrive(reader.peek(args.limit), source_arn, left_out)
+        for group in replay_order(replayable):
             for message in group:
                 print(json.dumps(_summary(message), default=str))
-        print(f"dry run: {len(messages)} records would be replayed", file=sys.stderr)
+        print(
+            f"dry run: {len(replayable)} records would be replayed; left parked: "
+            f"{len(left_out.other_source)} of another stream, {len(left_out.malformed)} malformed",
+            file=sys.stderr,
+        )
         return 0
     queue = SqsDeadLetterQueue(reader.queue_url, sqs=reader.sqs, s3=reader.s3)
     # The core's logs and metrics (EMF lines) are for a function's log; here they go to stderr.

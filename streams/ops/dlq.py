@@ -219,6 +219,22 @@ def replay_order(messages: Sequence[ParkedMessage]) -> list[list[ParkedMessage]]
     return [sorted(group, key=ParkedMessage.order) for group in groups.values()]
 
 
+def sort_for_redrive(
+    messages: Sequence[ParkedMessage], source_arn: str | None, report: RedriveReport
+) -> list[ParkedMessage]:
+    """The messages a redrive replays; the malformed ones and those of another stream than
+    `source_arn` (when given) go to `report`, never replayed."""
+    replayable: list[ParkedMessage] = []
+    for message in messages:
+        if message.malformed is not None:
+            report.malformed.append(message)
+        elif source_arn is not None and message.body.get("eventSourceARN") != source_arn:
+            report.other_source.append(message)
+        else:
+            replayable.append(message)
+    return replayable
+
+
 def redrive(
     reader: DeadLetterQueueReader,
     handler: Handler,
@@ -240,14 +256,7 @@ def redrive(
     report = RedriveReport()
     done = 0
     try:
-        replayable: list[ParkedMessage] = []
-        for message in messages:
-            if message.malformed is not None:
-                report.malformed.append(message)
-            elif source_arn is not None and message.body.get("eventSourceARN") != source_arn:
-                report.other_source.append(message)
-            else:
-                replayable.append(message)
+        replayable = sort_for_redrive(messages, source_arn, report)
         for group in replay_order(replayable):
             views: list[StreamRecord] = []
             for message in group:
