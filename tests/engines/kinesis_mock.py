@@ -68,8 +68,9 @@ class KinesisMock:
         for _ in range(3):
             if self._start():
                 return
+        output = self._output()  # before stop() closes the log
         self.stop()
-        raise RuntimeError(f"kinesis-mock did not start:\n{self._output()}")
+        raise RuntimeError(f"kinesis-mock did not start:\n{output}")
 
     def _start(self) -> bool:
         plain, tls = _free_port(), _free_port()
