@@ -238,6 +238,7 @@ class SegmentGate:
         self.backfill: Backfill | None = None
         self.seen: list[str] = []
         self.lock = threading.Lock()
+        self.timed_out = False
 
     def handle(self, record: DynamoDBRecord) -> None:
         if threading.current_thread().name != "backfill-0":
@@ -246,6 +247,7 @@ class SegmentGate:
                     break
                 time.sleep(0.005)
             else:
+                self.timed_out = True
                 raise AssertionError("the backfill was never asked to stop")
         with self.lock:
             self.seen.append(record.keys["childId"])
@@ -524,3 +526,24 @@ def test_a_throttled_or_failed_scan_page_is_read_again_never_skipped(
     ).run()
     assert sorted(seen) == [f"c{n:03}" for n in range(60)]
     assert summary.throttled == 3
+
+
+def test_an_error_in_one_segment_stops_the_others_and_is_raised(
+    aws: boto3.Session, table: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "positions.json"
+    gate = SegmentGate()
+
+    def invoke(event: Mapping[str, Any], deadline_seconds: float) -> InvokeResult:
+        if threading.current_thread().name == "backfill-0":
+            raise RuntimeError("a bug in the invoker")  # ours, not the handler's: no retry
+        return handler_invoker(gate.handle)(event, deadline_seconds)
+
+    gate.backfill = backfill(
+        aws, table, invoke, positions=SegmentPositions(FilePositions(state), 3)
+    )
+    with pytest.raises(RuntimeError, match="a bug in the invoker"):
+        gate.backfill.run()
+    # The others stopped after the batch in hand: no page of theirs kept as done.
+    assert not gate.timed_out  # the other segments were told to stop
+    assert not state.exists()  # and kept no page: each was cut short

@@ -10,7 +10,7 @@ sequence number, so a partial batch response cannot name one of them: a batch th
 way is offered again one record at a time (the guard makes the repeat harmless).
 
 The handler runs where `invoke` says: the function's warm worker processes (locally) or the
-deployed function (`streams.local.deployed`). A throttled invocation (`NotInvoked`) costs no
+deployed function (`streams.ops.deployed`). A throttled invocation (`NotInvoked`) costs no
 attempt: it is backed off and offered again, never parked. Segment positions are kept after
 each page is offered (a file, or the local mapping's state table), so an interrupted backfill
 goes on where it stopped; a page cut short is offered again, never skipped.
@@ -445,7 +445,7 @@ class Backfill:
         ]
         errors: list[BaseException] = []
         for thread in threads:
-            thread.run = _capturing(thread.run, errors)  # type: ignore[method-assign]
+            thread.run = self._capturing(thread.run, errors)  # type: ignore[method-assign]
             thread.start()
         try:
             for thread in threads:
@@ -467,6 +467,21 @@ class Backfill:
             self._clock() - started,
             stopped=self._stopping.is_set(),
         )
+
+    def _capturing(
+        self, run: Callable[[], None], errors: list[BaseException]
+    ) -> Callable[[], None]:
+        """`run`, whose error stops the other segments and is raised by `run()` in the
+        caller's thread once they have ended (each keeps the pages it offered)."""
+
+        def wrapped() -> None:
+            try:
+                run()
+            except BaseException as error:
+                errors.append(error)
+                self.stop()
+
+        return wrapped
 
     def _segment(self, segment: int) -> None:
         finished, key = self._positions.start(segment)
@@ -581,16 +596,6 @@ class Backfill:
             self._counts.add(parked=1)
             return
         raise RuntimeError(f"could not park backfill record {record['eventID']}")
-
-
-def _capturing(run: Callable[[], None], errors: list[BaseException]) -> Callable[[], None]:
-    def wrapped() -> None:
-        try:
-            run()
-        except BaseException as error:  # surfaced by Backfill.run in the caller's thread
-            errors.append(error)
-
-    return wrapped
 
 
 @dataclass(frozen=True)
