@@ -33,6 +33,7 @@ from tests.test_mapping_support import (
     FastClock,
     MemorySource,
     Recorder,
+    VirtualClock,
     dynamodb_record,
     kinesis_record,
     mapping,
@@ -588,7 +589,8 @@ def test_with_unlimited_retries_a_failing_record_is_retried_until_it_expires(
     aws: boto3.Session, unique_name: str
 ) -> None:
     url, arn = queue(aws, unique_name)
-    recorder = Recorder(_fails_for(1))
+    clock = VirtualClock()
+    recorder = Recorder(_fails_for(1), clock=clock)
 
     run(
         {
@@ -599,13 +601,16 @@ def test_with_unlimited_retries_a_failing_record_is_retried_until_it_expires(
         _source(dynamodb_record(1, arrival=START - 30)),
         recorder,
         session=aws,
+        clock=clock,
     )
 
+    # Pauses of 1, 2, 4, 8, 8 s (the run's backoff): the record turns 61 s old at START + 31,
+    # before the seventh try, and only the clock's own waits moved it there.
+    assert [started - START for started, _ in recorder.times] == [0, 1, 3, 7, 15, 23]
     (record,) = messages(aws, url)
-    assert len(recorder.events) > 2
     assert record["requestContext"]["condition"] == "RecordAgeExceeded"
     # The attempt refused for age counts, as in AWS's recording (1 for a record never invoked).
-    assert record["requestContext"]["approximateInvokeCount"] == len(recorder.events) + 1
+    assert record["requestContext"]["approximateInvokeCount"] == 7
     assert "responseContext" not in record
 
 
@@ -744,8 +749,10 @@ def test_expired_records_are_given_up_without_response_context_and_fresh_ones_st
 ) -> None:
     url, arn = queue(aws, unique_name)
     recorder = Recorder()
-    old = [dynamodb_record(i, arrival=START - 600) for i in (1, 2)]
-    fresh = [dynamodb_record(i, arrival=START + 100) for i in (3, 4)]
+    # On the virtual clock the batch is sent at START exactly: 61 s is past the limit, 60 s is
+    # not ("older than" the limit is given up).
+    old = [dynamodb_record(i, arrival=START - 61) for i in (1, 2)]
+    fresh = [dynamodb_record(i, arrival=START - 60) for i in (3, 4)]
 
     result = run(
         {
@@ -756,6 +763,7 @@ def test_expired_records_are_given_up_without_response_context_and_fresh_ones_st
         _source(*old, *fresh),
         recorder,
         session=aws,
+        clock=VirtualClock(),
     )
 
     assert recorder.batches() == [seq(3, 4)]
@@ -1043,37 +1051,48 @@ def test_a_response_without_state_fails_the_invocation() -> None:
     assert recorder.events[-1]["isFinalInvokeForWindow"] is True
 
 
-def test_a_state_over_1_mb_ends_the_window_early_and_it_goes_on_with_a_fresh_state() -> None:
-    def function(event: dict[str, Any]) -> dict[str, Any]:
-        if [sequence_number(record) for record in event["Records"]] == seq(1):
-            return {"state": {"blob": "x" * (1024 * 1024)}}
-        return _counting(event)
+def _state_of(size: int) -> dict[str, str]:
+    """A window state whose JSON is `size` bytes."""
+    return {"blob": "x" * (size - len(json.dumps({"blob": ""})))}
 
+
+def test_a_state_over_1_mb_ends_the_window_early_and_it_goes_on_with_a_fresh_state() -> None:
+    over, limit = _state_of(1024 * 1024 + 1), _state_of(1024 * 1024)
+
+    def function(event: dict[str, Any]) -> dict[str, Any]:
+        numbers = [sequence_number(record) for record in event["Records"]]
+        if numbers == seq(1):
+            return {"state": over}
+        return {"state": limit if numbers == seq(2) else event["state"]}
+
+    clock = VirtualClock()
     recorder = Recorder(function)
-    window = _BASE + 60
+    window = _BASE + 60  # ahead of the clock: it ends only when the clock passes its end
 
     run(
         {"BatchSize": 1, "TumblingWindowInSeconds": _WINDOW},
         _source(*[dynamodb_record(i, arrival=window + i) for i in (1, 2)]),
         recorder,
+        clock=clock,
     )
 
-    flags = [
+    calls = [
         (
             [sequence_number(record) for record in e["Records"]],
             e["isFinalInvokeForWindow"],
             e["isWindowTerminatedEarly"],
-            "blob" in e["state"],
+            e["state"],
         )
         for e in recorder.events
     ]
-    assert flags[:3] == [
-        (seq(1), False, False, False),
-        ([], True, True, True),  # ended early, with the state that was too large
-        (seq(2), False, False, False),  # the same window goes on with a fresh state
+    assert calls == [
+        (seq(1), False, False, {}),
+        ([], True, True, over),  # ended early, with the state that was too large
+        (seq(2), False, False, {}),  # the same window goes on with a fresh state
+        ([], True, False, limit),  # 1 MB itself is allowed: the window ends at its end
     ]
-    assert flags[-1][1:3] == (True, False)
     assert {e["window"]["start"] for e in recorder.events} == {_iso(window)}
+    assert clock() >= window + _WINDOW  # the window ended by the clock, not by the shard
 
 
 def test_a_closing_shard_ends_its_window_and_its_children_start_with_empty_state() -> None:

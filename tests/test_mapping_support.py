@@ -3,6 +3,8 @@
 - `MemorySource`: a `ShardSource` in memory (our own seam, not an AWS API) for rules about
   lineage, time and throttling, which moto cannot show (ENVIRONMENT.md).
 - `FastClock`: epoch time running faster than real time, so minutes pass in milliseconds.
+- `VirtualClock`: epoch time that moves only when every thread of the mapping waits, so a
+  rule about time holds however slow the machine is.
 - `Recorder`: an invoker that runs a Python function in-process and keeps every event.
 - `Journal` and `OpenLogged`: log when shards are finished and opened, for lineage order.
 - Record factories in the exact Lambda shapes of docs/esm.md section 5.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -70,6 +73,84 @@ class FastClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds / self.scale)
+
+
+class VirtualClock:
+    """Epoch seconds, from `START`, that move only when every thread of the mapping waits.
+
+    `sleep(s)` returns once the clock has reached `s` seconds after the call, and the clock moves
+    (to the earliest wake-up asked for) only while each of the mapping's threads (the one that
+    made the clock, which runs the mapping, and the shard threads `poll-*`, `lane-*`) is either
+    in `sleep`, blocked in a `threading.Condition.wait` nobody has notified yet, or joining a
+    thread (the mapping waiting for its shards' threads to end). So no time
+    passes while a function runs, a record is read or an on-failure record is sent, however
+    long those take in real time: what happens at which fake second does not depend on the
+    machine's speed, only on the engine's own waits.
+
+    A thread blocked in `Condition.wait` is seen through its frame: CPython's `wait` keeps its
+    `waiter` lock in the condition's `_waiters` until a `notify` takes it out. A waiter found
+    there on two passes was waiting all the time between them, so every thread was waiting at
+    the moment the second pass began.
+    """
+
+    _CONDITION_WAIT = threading.Condition.wait.__code__
+    _JOIN = threading.Thread._wait_for_tstate_lock.__code__  # type: ignore[attr-defined]
+    _STUCK = 60.0  # real seconds without the clock moving: the test is stuck, say so
+
+    def __init__(self, start: float = START) -> None:
+        self._now = start
+        self._lock = threading.Condition()
+        self._sleepers: dict[int, float] = {}  # thread id -> when it wakes
+        self._driver = threading.get_ident()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        me = threading.get_ident()
+        stuck_at = time.monotonic() + self._STUCK
+        with self._lock:
+            wake = self._now + seconds
+            self._sleepers[me] = wake
+            try:
+                while self._now < wake:
+                    if self._quiet():
+                        self._now = min(self._sleepers.values())
+                        self._lock.notify_all()
+                        continue
+                    if time.monotonic() > stuck_at:
+                        raise RuntimeError("VirtualClock: the mapping's threads never all wait")
+                    self._lock.wait(0.0005)  # threads in Condition.wait cannot tell us they block
+            finally:
+                del self._sleepers[me]
+
+    def _quiet(self) -> bool:
+        """Whether every thread of the mapping waits (called holding the lock)."""
+        if any(wake <= self._now for wake in self._sleepers.values()):
+            return False  # woken, not yet running again
+        threads = {
+            thread.ident
+            for thread in threading.enumerate()
+            if thread.ident is not None
+            and (thread.ident == self._driver or thread.name.startswith(("poll-", "lane-")))
+        }
+        waiting: list[tuple[Any, Any]] = []
+        frames = sys._current_frames()
+        for ident in threads:
+            if ident in self._sleepers:
+                continue
+            frame = frames.get(ident)
+            if frame is None or frame.f_code is self._JOIN:
+                continue  # ended, or waiting for threads of the mapping to end
+            if frame.f_code is not self._CONDITION_WAIT:
+                return False
+            condition: Any = frame.f_locals["self"]
+            waiter = frame.f_locals.get("waiter")
+            if waiter is None or waiter not in condition._waiters:
+                return False
+            waiting.append((condition, waiter))
+        return all(waiter in condition._waiters for condition, waiter in waiting)
 
 
 # --- records ------------------------------------------------------------------------------
@@ -381,7 +462,7 @@ class Run:
     mapping: EventSourceMapping
     checkpoints: MemoryCheckpointStore
     metrics: MetricCounters
-    clock: FastClock
+    clock: FastClock | VirtualClock
 
 
 def mapping(
@@ -389,11 +470,12 @@ def mapping(
     source: ShardSource,
     invoker: Any,
     *,
-    clock: FastClock | None = None,
+    clock: FastClock | VirtualClock | None = None,
     checkpoints: MemoryCheckpointStore | None = None,
     **options: Any,
 ) -> Run:
-    """A mapping over `source` with the fake clock, in-memory checkpoints and counters."""
+    """A mapping over `source` with a fake clock (default `FastClock`), in-memory checkpoints
+    and counters."""
     clock = clock or FastClock()
     checkpoints = checkpoints or MemoryCheckpointStore()
     metrics: MetricCounters = options.pop("metrics", None) or MetricCounters()
