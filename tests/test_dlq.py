@@ -103,17 +103,21 @@ def test_redrive_replays_every_parked_record_and_empties_the_queue_then_does_not
 
 
 def test_redrive_keeps_each_keys_original_order(aws: boto3.Session, queue: str) -> None:
+    # Real sequence numbers have 21 to 40 digits: ordered as text, the longer ones starting
+    # with a smaller digit would come first (c-1: 10**30 before 2 * 10**20).
+    a, b, c, d = 2 * 10**20, 9 * 10**20 + 1, 10**30, 5 * 10**39
+    e, f = 3 * 10**20, 10**21
     # Parked out of order (as separate batches would park them).
-    for sequence in (5, 3, 9, 4):
+    for sequence in (c, a, d, b):
         park(queue, [dynamodb_record(sequence, child="c-1")])
-    park(queue, [dynamodb_record(7, child="c-2"), dynamodb_record(6, child="c-2")])
+    park(queue, [dynamodb_record(f, child="c-2"), dynamodb_record(e, child="c-2")])
     reader = DeadLetterQueueReader(queue, sqs=aws.client("sqs"))
     report = redrive(reader, dlq_handlers.fixed, dead_letters=SqsDeadLetterQueue(queue))
     assert report.ok
     per_key: dict[str, list[int]] = {}
     for key, sequence in dlq_handlers.HANDLED:
         per_key.setdefault(key, []).append(int(sequence))
-    assert per_key == {"c-1": [3, 4, 5, 9], "c-2": [6, 7]}
+    assert per_key == {"c-1": [a, b, c, d], "c-2": [e, f]}
 
 
 def test_a_still_failing_handler_leaves_records_parked_with_their_new_error(
