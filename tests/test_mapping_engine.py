@@ -618,7 +618,8 @@ def test_records_past_the_streams_retention_are_skipped_without_an_on_failure_re
     aws: boto3.Session, unique_name: str
 ) -> None:
     url, arn = queue(aws, unique_name)
-    recorder = Recorder(_fails_for(1))
+    clock = VirtualClock()
+    recorder = Recorder(_fails_for(1), clock=clock)
 
     result = run(
         {
@@ -629,11 +630,17 @@ def test_records_past_the_streams_retention_are_skipped_without_an_on_failure_re
         _source(dynamodb_record(1, arrival=START - 60), dynamodb_record(2)),
         recorder,
         session=aws,
+        clock=clock,
         retention_seconds=120,
     )
 
+    # Pauses of 1, 2, 4, 8, 8, ... s: at START + 63 record 1 is 123 s old, past the stream's
+    # 120 s, and has left it; record 2 (63 s old) is still there and goes on alone.
+    assert recorder.batches() == [seq(1, 2)] * 10 + [seq(2)]
+    assert [started - START for started, _ in recorder.times] == [
+        0, 1, 3, 7, 15, 23, 31, 39, 47, 55, 63
+    ]  # fmt: skip
     assert messages(aws, url) == []
-    assert recorder.delivered()[-1] == seq(2)[0]
     assert result.metrics.count("DroppedEventCount") == 0
     assert result.checkpoints.get("s1") == seq(2)[0]
 
