@@ -112,6 +112,22 @@ def test_the_processor_projects_valid_items_and_parks_the_malformed_one_in_the_d
     assert all(invocation.succeeded for invocation in projection.invocations)
 
 
+def _last_sequence_number(projection: Projection) -> str:
+    """The sequence number of the source stream's newest record, read from the stream."""
+    table = projection.stack.outputs["SourceTableName"]
+    streams = projection.session.client("dynamodbstreams")
+    stream_arn = projection.session.client("dynamodb").describe_table(TableName=table)["Table"][
+        "LatestStreamArn"
+    ]
+    (shard,) = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
+    iterator = streams.get_shard_iterator(
+        StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    records = streams.get_records(ShardIterator=iterator)["Records"]
+    assert len(records) == len(projection.valid) + 1  # every child written, in one read
+    return records[-1]["dynamodb"]["SequenceNumber"]
+
+
 def test_the_state_table_shows_each_shards_state_outcome_and_the_functions_own_counts(
     projection: Projection,
 ) -> None:
@@ -129,7 +145,7 @@ def test_the_state_table_shows_each_shards_state_outcome_and_the_functions_own_c
     assert shard.counts["InvokedEventCount"] == len(projection.valid) + 1
     assert (shard.state, shard.last_outcome) == ("open", "ok")
     assert shard.iterator_age_ms is not None
-    assert shard.checkpoint is not None
+    assert shard.checkpoint == _last_sequence_number(projection)
     assert snapshot.lease is not None
     assert snapshot.lease.expires_at == 0  # released on the clean stop
 
