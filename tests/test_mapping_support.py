@@ -82,7 +82,8 @@ class VirtualClock:
     (to the earliest wake-up asked for) only while each of the mapping's threads (the one that
     made the clock, which runs the mapping, and the shard threads `poll-*`, `lane-*`) is either
     in `sleep`, blocked in a `threading.Condition.wait` nobody has notified yet, or joining a
-    thread (the mapping waiting for its shards' threads to end). So no time
+    thread (the mapping waiting for its shards' threads to end); a thread starting (no frame
+    yet, or its starter in `Event.wait`) is not waiting. So no time
     passes while a function runs, a record is read or an on-failure record is sent, however
     long those take in real time: what happens at which fake second does not depend on the
     machine's speed, only on the engine's own waits.
@@ -94,6 +95,7 @@ class VirtualClock:
     """
 
     _CONDITION_WAIT = threading.Condition.wait.__code__
+    _EVENT_WAIT = threading.Event.wait.__code__
     _JOIN = threading.Thread._wait_for_tstate_lock.__code__  # type: ignore[attr-defined]
     _STUCK = 60.0  # real seconds without the clock moving: the test is stuck, say so
 
@@ -129,22 +131,25 @@ class VirtualClock:
         """Whether every thread of the mapping waits (called holding the lock)."""
         if any(wake <= self._now for wake in self._sleepers.values()):
             return False  # woken, not yet running again
-        threads = {
-            thread.ident
+        threads = [
+            thread
             for thread in threading.enumerate()
-            if thread.ident is not None
-            and (thread.ident == self._driver or thread.name.startswith(("poll-", "lane-")))
-        }
+            if thread.ident == self._driver or thread.name.startswith(("poll-", "lane-"))
+        ]
         waiting: list[tuple[Any, Any]] = []
         frames = sys._current_frames()
-        for ident in threads:
-            if ident in self._sleepers:
+        for thread in threads:
+            if thread.ident in self._sleepers:
                 continue
-            frame = frames.get(ident)
-            if frame is None or frame.f_code is self._JOIN:
-                continue  # ended, or waiting for threads of the mapping to end
-            if frame.f_code is not self._CONDITION_WAIT:
-                return False
+            frame = frames.get(thread.ident) if thread.ident is not None else None
+            if frame is None:
+                return False  # starting: no Python frame yet
+            if frame.f_code is self._JOIN:
+                continue  # waiting for threads of the mapping to end
+            if frame.f_code is not self._CONDITION_WAIT or (
+                frame.f_back is not None and frame.f_back.f_code is self._EVENT_WAIT
+            ):
+                return False  # running, or waiting for a thread to start (Event.wait)
             condition: Any = frame.f_locals["self"]
             waiter = frame.f_locals.get("waiter")
             if waiter is None or waiter not in condition._waiters:
