@@ -101,6 +101,7 @@ def test_cloudformations_string_forms_of_numbers_and_booleans_are_accepted() -> 
         ("MaximumRecordAgeInSeconds", 604_801),
         ("ParallelizationFactor", 0),
         ("ParallelizationFactor", 11),
+        ("TumblingWindowInSeconds", -1),
         ("TumblingWindowInSeconds", 901),
         ("BatchSize", "many"),
         ("BatchSize", True),
@@ -116,9 +117,38 @@ def test_out_of_range_or_mistyped_values_are_refused_naming_the_property(
     assert "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize(("name", "value"), [("MaximumRecordAgeInSeconds", -1), ("BatchSize", 1)])
+_FIELDS = {
+    "BatchSize": "batch_size",
+    "MaximumBatchingWindowInSeconds": "maximum_batching_window_in_seconds",
+    "MaximumRetryAttempts": "maximum_retry_attempts",
+    "MaximumRecordAgeInSeconds": "maximum_record_age_in_seconds",
+    "ParallelizationFactor": "parallelization_factor",
+    "TumblingWindowInSeconds": "tumbling_window_in_seconds",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        # The lowest and the largest value AWS allows for each; one beyond each is refused
+        # (test_out_of_range_or_mistyped_values_are_refused_naming_the_property).
+        ("BatchSize", 1),
+        ("BatchSize", 10_000),
+        ("MaximumBatchingWindowInSeconds", 0),
+        ("MaximumBatchingWindowInSeconds", 300),
+        ("MaximumRetryAttempts", -1),
+        ("MaximumRetryAttempts", 10_000),
+        ("MaximumRecordAgeInSeconds", -1),
+        ("MaximumRecordAgeInSeconds", 60),
+        ("MaximumRecordAgeInSeconds", 604_800),
+        ("ParallelizationFactor", 1),
+        ("ParallelizationFactor", 10),
+        ("TumblingWindowInSeconds", 0),
+        ("TumblingWindowInSeconds", 900),
+    ],
+)
 def test_the_edges_of_each_range_are_accepted(name: str, value: int) -> None:
-    _settings(**{name: value})
+    assert getattr(_settings(**{name: value}), _FIELDS[name]) == value
 
 
 @pytest.mark.parametrize(
