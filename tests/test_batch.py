@@ -343,6 +343,22 @@ def processor_records(count: int) -> Any:
     return parse_records(dynamodb_event(count))
 
 
+def test_by_default_transient_failures_are_retried_3_times_after_0_2_s_doubling_up_to_2_s() -> None:
+    # make() draws the jitter as 1.0: each sleep is its bound, min(0.2 * 2**i, 2.0) seconds.
+    handler = ScriptedHandler({"1": _raise(Transient("busy"))})
+    processor, _, clock = make(handler)
+    processor.process(dynamodb_event(1), FakeContext(clock, deadline=NOW + 60))
+    assert handler.calls == ["1"] * 4
+    assert clock.sleeps == pytest.approx([0.2, 0.4, 0.8])
+
+    # More retries, the default delays: the doubling stops at 2 s.
+    processor, _, clock = make(
+        ScriptedHandler({"1": _raise(Transient("busy"))}), retry=RetryPolicy(retries=6)
+    )
+    processor.process(dynamodb_event(1), FakeContext(clock, deadline=NOW + 60))
+    assert clock.sleeps == pytest.approx([0.2, 0.4, 0.8, 1.6, 2.0, 2.0])
+
+
 def test_transient_retries_never_sleep_past_the_invocations_time() -> None:
     handler = ScriptedHandler({"1": _raise(Transient("busy"))})
     processor, _, clock = make(handler, retry=RetryPolicy(retries=5, base_delay=1, max_delay=8))
