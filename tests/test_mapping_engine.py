@@ -9,6 +9,7 @@ real streams.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -1281,3 +1282,24 @@ def test_retries_pause_twice_as_long_each_time_up_to_the_cap() -> None:
         else:
             pauses[-1] += seconds
     assert pauses == [1.0, 2.0, 4.0, 4.0, 0.0]
+
+
+def test_by_default_retry_n_of_a_failed_batch_waits_min_2_to_the_n_and_60_seconds() -> None:
+    clock = VirtualClock()
+    recorder = Recorder(_fails_for(1), clock=clock)
+    engine = EventSourceMapping(  # no `backoff`: the engine's own default
+        MappingSettings.from_properties(
+            {"StartingPosition": "TRIM_HORIZON", "MaximumRetryAttempts": 8}, "aws:dynamodb"
+        ),
+        _source(*_records(1)),
+        recorder,
+        function_arn=FUNCTION_ARN,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+    engine.run(exit_when_idle=5.0)
+
+    started = [at for at, _ in recorder.times]
+    pauses = [later - earlier for earlier, later in itertools.pairwise(started)]
+    assert pauses == [1, 2, 4, 8, 16, 32, 60, 60]
