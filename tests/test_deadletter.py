@@ -128,6 +128,50 @@ def test_a_message_over_the_queues_limit_goes_to_the_bucket_with_a_pointer(
     assert "Traceback" in full["error"]["traceback"]
 
 
+def _sqs_size(message: dict[str, Any]) -> int:
+    """A message's size as SQS counts it: the body, and each attribute's name, type and value."""
+    attributes = message.get("MessageAttributes", {})
+    return len(message["Body"].encode()) + sum(
+        len(name) + len(value["DataType"]) + len(value["StringValue"].encode())
+        for name, value in attributes.items()
+    )
+
+
+def test_a_message_over_256_kb_goes_to_the_bucket_and_one_of_256_kb_to_the_queue(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs, s3 = aws.client("sqs"), aws.client("s3")
+    url = sqs.create_queue(QueueName=unique_name, Attributes={"MaximumMessageSize": "262144"})[
+        "QueueUrl"
+    ]
+    s3.create_bucket(Bucket=unique_name)
+
+    def park(blob: int) -> dict[str, Any]:
+        event = dynamodb_event(1)
+        event["Records"][0]["dynamodb"]["NewImage"]["blob"] = {"S": "x" * blob}
+        queue = SqsDeadLetterQueue(url, bucket=unique_name)
+        assert _processor(_raise_for({"1"}), queue).process(event) == {"batchItemFailures": []}
+        (message,) = _drain(sqs, url)
+        return message
+
+    # Everything but the blob is the same in each message: one character of it is one byte.
+    small = park(1000)
+    at_limit = 1000 + 262_144 - _sqs_size(small)
+
+    inline = park(at_limit)
+    assert _sqs_size(inline) == 262_144
+    assert json.loads(inline["Body"])["record"]["dynamodb"]["NewImage"]["blob"]["S"] == (
+        "x" * at_limit
+    )
+    assert "overflow" not in json.loads(inline["Body"])
+
+    pointer = park(at_limit + 1)
+    overflow = json.loads(pointer["Body"])
+    assert "record" not in overflow
+    full = read_dead_letter(pointer["Body"], s3, bucket=unique_name)
+    assert full["record"]["dynamodb"]["NewImage"]["blob"]["S"] == "x" * (at_limit + 1)
+
+
 def test_a_message_over_the_limit_without_a_bucket_is_not_acknowledged(
     aws: boto3.Session, unique_name: str
 ) -> None:
