@@ -200,8 +200,9 @@ class RefuseEntries:
     refused entries are taken out of the request before it is sent, so they really are not in
     the queue unless the sender tries them again."""
 
-    def __init__(self, sqs: Any, refusals: int) -> None:
-        self.refusals = refusals  # calls in which the first entry is refused
+    def __init__(self, sqs: Any, refusals: int, position: int = 0) -> None:
+        self.refusals = refusals  # calls in which the entry at `position` is refused
+        self.position = position
         self.sent: list[list[str]] = []
         sqs.meta.events.register("before-parameter-build.sqs.SendMessageBatch", self._before)
         sqs.meta.events.register("after-call.sqs.SendMessageBatch", self._after)
@@ -211,8 +212,9 @@ class RefuseEntries:
         self.sent.append([entry["Id"] for entry in entries])
         if self.refusals > 0:
             self.refusals -= 1
-            context["refused"] = entries[0]["Id"]
-            params["Entries"] = entries[1:]
+            refused = entries[self.position]
+            context["refused"] = refused["Id"]
+            params["Entries"] = [entry for entry in entries if entry is not refused]
 
     def _after(self, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         if "refused" in context:
@@ -244,12 +246,18 @@ def test_an_entry_sqs_keeps_refusing_is_not_acknowledged(
 ) -> None:
     sqs = aws.client("sqs")
     url = sqs.create_queue(QueueName=unique_name)["QueueUrl"]
-    RefuseEntries(sqs, refusals=3)  # every one of the 3 attempts
-    queue = SqsDeadLetterQueue(url, sqs=sqs, sleep=lambda seconds: None)
+    # Record 3's entry (the last) is refused in every one of the 3 attempts; record 1's is taken.
+    refuse = RefuseEntries(sqs, refusals=3, position=-1)
+    sleeps: list[float] = []
+    queue = SqsDeadLetterQueue(url, sqs=sqs, sleep=sleeps.append)
 
     response = _processor(_raise_for({"1", "3"}), queue).process(dynamodb_event(3))
 
-    assert response == {"batchItemFailures": [{"itemIdentifier": "1"}]}
+    # Record 1 is parked and acknowledged; Lambda retries the batch from record 3, not before.
+    assert response == {"batchItemFailures": [{"itemIdentifier": "3"}]}
+    assert refuse.sent == [["0", "1"], ["1"], ["1"]]  # 3 attempts, only the refused entry again
+    assert sleeps == [0.05, 0.1]  # retry_delay * 2**n between them
+    assert [json.loads(m["Body"])["sequenceNumber"] for m in _drain(sqs, url)] == ["1"]
 
 
 def test_the_queue_comes_from_the_environment_and_its_absence_is_a_clear_error() -> None:
