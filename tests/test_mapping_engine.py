@@ -2,7 +2,10 @@
 
 Lineage, time and throttling cannot be shown on moto (ENVIRONMENT.md), so these tests use
 `MemorySource`, our own implementation of the shard-source seam, and `FastClock`, under which
-minutes pass in milliseconds. The function runs in-process (`Recorder`). On-failure records go
+minutes pass in milliseconds; tests whose rule hangs on exact times (record age, retry pauses,
+the 1 MB window state, iterator age) use `VirtualClock`, which moves only when every thread of
+the mapping waits, so they hold on a machine of any speed. The function runs in-process
+(`Recorder`). On-failure records go
 to real SQS queues on moto's server; `tests/test_mapping_moto.py` runs the same rules against
 real streams.
 """
