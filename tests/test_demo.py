@@ -125,3 +125,89 @@ def test_a_small_demo_delivers_or_parks_every_update_and_says_so(
     malformed = int(out.split("malformed")[1].split()[0])
     assert malformed > 0 and parked == malformed
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_demos_lost_0_is_confirmed_by_reading_its_outputs_independently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's `verify()` is not the judge of itself: while the endpoint is still up, this
+    test reads the delivery table and the dead-letter queue with boto3 alone and checks, against
+    the updates the demo wrote (the same generator, the same seed), that every child holds its
+    newest well-formed update and every malformed update is parked, and nothing else is."""
+    import json as json_module
+
+    import boto3
+
+    from streams.demo.burst import Demo
+
+    monkeypatch.chdir(tmp_path)
+    updates, children, poison_rate, seed = 300, 80, 0.05, 11
+    seen: dict[str, Any] = {}
+
+    def read_outputs(result: Any, endpoint: Any) -> None:
+        session = boto3.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+        )
+        cloudformation = session.client("cloudformation", endpoint_url=endpoint.url)
+        (stack,) = cloudformation.describe_stacks()["Stacks"]
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+        dynamodb = session.client("dynamodb", endpoint_url=endpoint.url)
+        rows = [
+            item
+            for page in dynamodb.get_paginator("scan").paginate(
+                TableName=outputs["DeliveryTableName"], ConsistentRead=True
+            )
+            for item in page["Items"]
+        ]
+        sqs = session.client("sqs", endpoint_url=endpoint.url)
+        parked = []
+        while True:
+            messages = sqs.receive_message(
+                QueueUrl=outputs["DeadLetterQueueUrl"], MaxNumberOfMessages=10
+            ).get("Messages", [])
+            if not messages:
+                break
+            parked.extend(json_module.loads(m["Body"]) for m in messages)
+        seen.update(rows=rows, parked=parked, failed=list(result.report.failed))
+
+    Demo(
+        template=ROOT / "template.yaml",
+        updates=updates,
+        children=children,
+        poison_rate=poison_rate,
+        seed=seed,
+        chart=None,
+        say=lambda line: None,
+    ).run(after=read_outputs)
+
+    assert seen["failed"] == []  # no write refused: every update reached the table
+    written = list(generate_updates(updates, children=children, poison_rate=poison_rate, seed=seed))
+    well_formed = [u for u in written if u["status"] in ("nice", "naughty") and "address" in u]
+    newest: dict[str, dict[str, Any]] = {}
+    for u in well_formed:
+        newest[str(u["childId"])] = u
+    delivered = {
+        row["childId"]["S"]: (
+            row["status"]["S"],
+            row["address"]["M"]["street"]["S"],
+            row["address"]["M"]["city"]["S"],
+        )
+        for row in seen["rows"]
+        if not row.get("deleted", {}).get("BOOL", False)
+    }
+    expected = {
+        child: (u["status"], u["address"]["street"], u["address"]["city"])
+        for child, u in newest.items()
+    }
+    assert delivered == expected
+    parked = {
+        (
+            message["record"]["dynamodb"]["NewImage"]["childId"]["S"],
+            int(message["record"]["dynamodb"]["NewImage"]["version"]["N"]),
+        )
+        for message in seen["parked"]
+    }
+    malformed = [u for u in written if u not in well_formed]
+    assert malformed, "the seed must give some malformed updates"
+    # Every record reaches the stream (no coalescing), so every malformed one is parked.
+    assert parked == {(str(u["childId"]), int(str(u["version"]))) for u in malformed}
