@@ -439,19 +439,29 @@ def test_pacer_keeps_consumed_units_within_the_rate() -> None:
     assert slept == []
 
 
-def test_cli_backfills_the_worked_example_into_its_delivery_table(
-    aws: boto3.Session,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+@pytest.fixture
+def example(aws: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The worked example deployed by a first `streams backfill` (its table empty): the
+    arguments that name its stack and function."""
     from streams.cli import main
 
     template = str(Path(__file__).resolve().parents[1] / "template.yaml")
     monkeypatch.chdir(tmp_path)
     stack = f"bf-{uuid.uuid4().hex[:8]}"
     common = ["--template", template, "--stack-name", stack, "--function", "ProcessorFunction"]
-    assert main(["backfill", *common, "--json"]) == 0  # deploys; the table is empty
+    assert main(["backfill", *common, "--json"]) == 0
+    return common
+
+
+def test_cli_backfills_the_worked_example_into_its_delivery_table(
+    aws: boto3.Session,
+    tmp_path: Path,
+    example: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streams.cli import main
+
+    common, stack = example, example[3]
     client = aws.client("dynamodb")
     tables = client.list_tables()["TableNames"]
     source = next(t for t in tables if t.startswith(f"{stack}-SourceTable"))
@@ -475,19 +485,12 @@ def test_cli_backfills_the_worked_example_into_its_delivery_table(
     assert {row["sequenceNumber"]["S"] for row in rows} == {"0" * 40}
 
 
-def test_without_state_positions_are_kept_in_the_mapping_state_table_and_a_finished_backfill_says_so(  # noqa: E501
-    aws: boto3.Session,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+def test_positions_default_to_the_state_table_and_a_finished_backfill_says_so(
+    aws: boto3.Session, example: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from streams.cli import main
 
-    template = str(Path(__file__).resolve().parents[1] / "template.yaml")
-    monkeypatch.chdir(tmp_path)
-    stack = f"bf-{uuid.uuid4().hex[:8]}"
-    common = ["--template", template, "--stack-name", stack, "--function", "ProcessorFunction"]
-    assert main(["backfill", *common, "--json"]) == 0  # deploys; the table is empty
+    common, stack = example, example[3]
     client = aws.client("dynamodb")
     source = next(t for t in client.list_tables()["TableNames"] if t.startswith(f"{stack}-Source"))
     for number in range(5):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from streams.demo.backfill import BackfillDemoResult, BackfillScenario
@@ -167,14 +168,18 @@ def _summary(result: DemoResult) -> None:
         *_fault_lines(result.faults, result.failed_invocations),
         f"  lost                   {v.lost:>8,}",
     ]
-    if v.lost_children:
-        shown = ", ".join(v.lost_children[:10])
-        lines.append(
-            f"  children with a lost update: {shown}{' ...' if len(v.lost_children) > 10 else ''}"
-        )
-    if result.chart is not None:
-        lines.append(f"chart of iterator age and throughput: {result.chart}")
-    print("\n".join(lines))
+    print("\n".join([*lines, *_lost_children_and_chart(v.lost_children, result.chart)]))
+
+
+def _lost_children_and_chart(lost_children: Sequence[str], chart: Path | None) -> list[str]:
+    lines = []
+    if lost_children:
+        shown = ", ".join(lost_children[:10])
+        more = " ..." if len(lost_children) > 10 else ""
+        lines.append(f"  children with a lost update: {shown}{more}")
+    if chart is not None:
+        lines.append(f"chart of iterator age and throughput: {chart}")
+    return lines
 
 
 def _vendor_summary(result: VendorApiResult) -> None:
@@ -260,14 +265,7 @@ def _backfill_summary(result: BackfillDemoResult) -> None:
         "than their newest)",
         f"  lost                   {v.lost:>8,}",
     ]
-    if v.lost_children:
-        shown = ", ".join(v.lost_children[:10])
-        lines.append(
-            f"  children with a lost update: {shown}{' ...' if len(v.lost_children) > 10 else ''}"
-        )
-    if result.chart is not None:
-        lines.append(f"chart of iterator age and throughput: {result.chart}")
-    print("\n".join(lines))
+    print("\n".join([*lines, *_lost_children_and_chart(v.lost_children, result.chart)]))
 
 
 def _delay_lines(delay: Delay) -> list[str]:
