@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 # sam's usage reporting: off for tests and builds (no network but the package registries).
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test test-kcl demo clean build-ProcessorFunction build-HydrateFunction
+.PHONY: test test-kcl mutation demo clean build-ProcessorFunction build-HydrateFunction
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,12 +61,30 @@ test: $(STAMP) $(CHECKOV_STAMP) $(KINESIS_MOCK_STAMP)
 test-kcl: $(STAMP) $(KINESIS_MOCK_STAMP)
 	$(BIN)/python -m pytest -m fleet -rA
 
+# Mutation testing of the Lambda-side core (docs/mutation.md), not part of `make test`: mutmut in
+# a venv of its own (pyproject.toml's `mutation` extra says why), one worker, the fast unit tests
+# of the mutated modules only ([tool.mutmut]). It resumes where it stopped and re-tests only what
+# changed; `mutmut results` lists the survivors, `mutmut show NAME` shows one.
+MUTATION_VENV := $(VENV)/mutation
+MUTATION_STAMP := $(MUTATION_VENV)/.installed
+
+$(MUTATION_STAMP): pyproject.toml | $(BIN)/python
+	$(PYTHON) -m venv $(MUTATION_VENV)
+	$(MUTATION_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MUTATION_VENV)/bin/python -m pip install --quiet -e '.[mutation]'
+	touch $@
+
+mutation: $(MUTATION_STAMP)
+	$(MUTATION_VENV)/bin/mutmut run --max-children 1
+	$(MUTATION_VENV)/bin/mutmut export-cicd-stats
+	cat mutants/mutmut-cicd-stats.json
+
 # The main job on the embedded local AWS: endpoint, template, mapping, burst, verified summary.
 demo: $(STAMP)
 	$(BIN)/streams demo
 
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache $(KINESIS_MOCK)/node_modules
+	rm -rf $(VENV) mutants .aws-sam .pytest_cache .mypy_cache .ruff_cache $(KINESIS_MOCK)/node_modules
 
 # Called by `sam build` (template.yaml: BuildMethod makefile) with ARTIFACTS_DIR set, once per
 # function. What ships to Lambda is a list of folders, each taken without its sub-folders: the
