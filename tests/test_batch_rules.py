@@ -1,0 +1,307 @@
+"""Batch-core rules the other batch tests leave open (found by `make mutation`): the concurrent
+drivers' dead letters, metrics and failures; the time margin's exact edges; when a record is
+too old; which errors are transient; what the early-checkpoint line says."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from typing import Any
+
+import pytest
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+
+from streams import Halted, Poison, RetryPolicy, StreamProcessor, Transient
+from streams.batch import TransientErrors, time_left
+from streams.records import StreamRecord, parse_records
+from tests.factories import NOW, FakeClock, FakeContext, MemorySink, dynamodb_record, kinesis_record
+
+DRIVERS = ["threads", "async"]
+
+
+def _event(count: int, **kwargs: Any) -> dict[str, Any]:
+    """Records 1..count, each of its own key (so the concurrent drivers run them side by side)."""
+    return {"Records": [dynamodb_record(n, child=f"c-{n}", **kwargs) for n in range(1, count + 1)]}
+
+
+def _handler(driver: str, action: Any) -> Any:
+    if driver != "async":
+        return action
+
+    async def handle(record: StreamRecord) -> None:
+        action(record)
+
+    return handle
+
+
+def _core(
+    handler: Any,
+    *,
+    sink: MemorySink | None = None,
+    clock: FakeClock | None = None,
+    log: io.StringIO | None = None,
+    **kwargs: Any,
+) -> StreamProcessor:
+    clock = clock if clock is not None else FakeClock()
+    return StreamProcessor(
+        handler,
+        dead_letters=sink if sink is not None else MemorySink(),
+        clock=clock,
+        sleep=clock.sleep,
+        random=lambda: 1.0,
+        logger=Logger(
+            service=f"test-{uuid.uuid4().hex}", stream=log if log is not None else io.StringIO()
+        ),
+        **kwargs,
+    )
+
+
+def _poison(record: StreamRecord) -> None:
+    raise Poison("never")
+
+
+# --- the concurrent drivers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("count", [12, 25])  # a full SQS batch of letters and then some
+def test_concurrent_letters_the_queue_refuses_checkpoint_at_the_first_refused_record(
+    driver: str, count: int
+) -> None:
+    refused = {"5", str(count - 1)}
+    sink = MemorySink(refuse=lambda letter: letter.record.sequence_number in refused)
+    core = _core(_handler(driver, _poison), sink=sink, concurrency=4)
+
+    result = core.run(parse_records(_event(count)))
+
+    assert result.failed_record is not None
+    assert result.failed_record.sequence_number == "5"
+    assert result.stop_cause == "dead-letter"
+    parked = sorted(int(letter.record.sequence_number) for letter in result.parked)
+    assert [n for n in parked if n <= 5] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_concurrent_letters_the_queue_refuses_in_the_last_partial_batch_checkpoint_there(
+    driver: str,
+) -> None:
+    sink = MemorySink(refuse=lambda letter: letter.record.sequence_number == "12")
+    core = _core(_handler(driver, _poison), sink=sink, concurrency=4)
+
+    result = core.run(parse_records(_event(13)))
+
+    assert result.failed_record is not None
+    assert result.failed_record.sequence_number == "12"
+    assert result.stop_cause == "dead-letter"
+
+
+@pytest.mark.parametrize("driver", ["in order", *DRIVERS])
+def test_every_driver_names_the_function_that_parked_a_record(driver: str) -> None:
+    clock = FakeClock()
+    sink = MemorySink()
+    core = _core(
+        _handler(driver, _poison),
+        sink=sink,
+        clock=clock,
+        concurrency=1 if driver == "in order" else 4,
+    )
+    context = FakeContext(clock, deadline=clock.now + 60, function_name="children-processor")
+
+    core.run(parse_records(_event(3)), context)
+
+    assert {letter.function.name for letter in sink.kept} == {"children-processor"}
+    assert {letter.function.request_id for letter in sink.kept} == {"req-1"}
+
+
+@pytest.mark.parametrize("driver", ["in order", *DRIVERS])
+def test_every_driver_publishes_the_early_checkpoint_and_the_iterator_age(
+    driver: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def action(record: StreamRecord) -> None:
+        if record.sequence_number == "2":
+            raise Transient("busy")
+
+    core = _core(
+        _handler(driver, action),
+        retry=RetryPolicy(retries=0),
+        concurrency=1 if driver == "in order" else 4,
+    )
+    capsys.readouterr()
+
+    core.run(parse_records(_event(3, created=NOW - 4)))
+
+    batch = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert batch["EarlyCheckpoints"] == [1.0]
+    assert batch["IteratorAge"] == [4000.0]
+
+
+@pytest.mark.parametrize("driver", ["in order", *DRIVERS])
+def test_every_driver_fails_the_invocation_when_halt_after_is_reached(driver: str) -> None:
+    def action(record: StreamRecord) -> None:
+        raise KeyError("a bug")
+
+    core = _core(
+        _handler(driver, action), halt_after=2, concurrency=1 if driver == "in order" else 2
+    )
+
+    with pytest.raises(Halted, match=r"^2 consecutive KeyError failures \(halt_after=2\)"):
+        core.run(parse_records(_event(4)))
+
+
+class AsyncBuffer:
+    """An async handler that buffers; its flush returns the records it could not send."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        self.refuse = refuse
+        self.records: list[StreamRecord] = []
+
+    async def __call__(self, record: StreamRecord) -> None:
+        self.records.append(record)
+
+    def flush(self) -> list[StreamRecord]:
+        return [record for record in self.records if record.sequence_number in self.refuse]
+
+    def discard(self) -> None:
+        self.records = []
+
+
+def test_an_async_buffering_handler_acknowledges_nothing_it_could_not_send() -> None:
+    core = _core(AsyncBuffer(refuse={"3", "5"}), concurrency=2)
+
+    result = core.run(parse_records(_event(6)))
+
+    assert result.failed_record is not None
+    assert result.failed_record.sequence_number == "3"
+    assert result.stop_cause == "transient"
+
+
+# --- the time margin ----------------------------------------------------------------------------
+
+
+def test_a_record_starts_while_the_time_left_is_at_least_the_margin() -> None:
+    clock = FakeClock()
+    seen: list[str] = []
+    core = _core(lambda record: seen.append(record.sequence_number), clock=clock, time_margin=5.0)
+
+    at_margin = core.run(parse_records(_event(1)), FakeContext(clock, deadline=clock.now + 5.0))
+    half_a_second_over = core.run(
+        parse_records(_event(1)), FakeContext(clock, deadline=clock.now + 5.5)
+    )
+    below = core.run(parse_records(_event(1)), FakeContext(clock, deadline=clock.now + 4.999))
+
+    assert (at_margin.done, half_a_second_over.done, below.done) == (1, 1, 0)
+    assert below.stop_cause == "time"
+
+
+def test_a_retry_sleeps_only_when_it_ends_at_or_before_the_margin() -> None:
+    clock = FakeClock()
+    calls: list[str] = []
+
+    def action(record: StreamRecord) -> None:
+        calls.append(record.sequence_number)
+        if len(calls) == 1:
+            raise Transient("busy")
+
+    # random 1.0: the first delay is the base delay, 0.2 s; the margin is 5 s.
+    core = _core(action, clock=clock, time_margin=5.0, retry=RetryPolicy(retries=1))
+    result = core.run(parse_records(_event(1)), FakeContext(clock, deadline=clock.now + 5.2))
+
+    assert calls == ["1", "1"]
+    assert clock.sleeps == [pytest.approx(0.2)]
+    assert result.done == 1
+
+
+def test_inside_the_margin_the_time_left_is_zero() -> None:
+    clock = FakeClock()
+    seen: list[float | None] = []
+
+    def action(record: StreamRecord) -> None:
+        clock.now += 3.0  # the record takes the invocation into its margin
+        seen.append(time_left())
+
+    core = _core(action, clock=clock, time_margin=5.0)
+    core.run(parse_records(_event(1)), FakeContext(clock, deadline=clock.now + 6.0))
+
+    assert seen == [0.0]
+
+
+# --- too old ------------------------------------------------------------------------------------
+
+
+def _always_transient(record: StreamRecord) -> None:
+    raise Transient("busy")
+
+
+def test_a_record_exactly_max_record_age_old_is_not_yet_too_old() -> None:
+    from datetime import timedelta
+
+    core = _core(_always_transient, retry=RetryPolicy(retries=0), max_record_age=timedelta(hours=1))
+
+    exactly = core.run(parse_records(_event(1, created=NOW - 3600)))
+    older = core.run(parse_records(_event(1, created=NOW - 3600.5)))
+
+    assert (exactly.done, exactly.stop_cause, exactly.parked) == (0, "transient", ())
+    assert (older.done, [letter.reason for letter in older.parked]) == (1, ["too-old"])
+
+
+def test_without_max_record_age_a_failing_record_holds_its_place_however_old() -> None:
+    core = _core(_always_transient, retry=RetryPolicy(retries=0), max_record_age=None)
+
+    result = core.run(parse_records(_event(1, created=NOW - 30 * 24 * 3600)))
+
+    assert (result.done, result.stop_cause, result.parked) == (0, "transient", ())
+
+
+def test_a_record_whose_time_is_unknown_or_unreadable_is_never_too_old() -> None:
+    from datetime import timedelta
+
+    no_time = kinesis_record(1)
+    del no_time["kinesis"]["approximateArrivalTimestamp"]
+    unreadable = kinesis_record(1)
+    unreadable["kinesis"]["approximateArrivalTimestamp"] = "yesterday"
+    core = _core(_always_transient, retry=RetryPolicy(retries=0), max_record_age=timedelta(0))
+
+    for raw in (no_time, unreadable):
+        result = core.run(parse_records({"Records": [raw]}))
+        assert (result.done, result.stop_cause, result.parked) == (0, "transient", ())
+
+
+# --- transient or not ---------------------------------------------------------------------------
+
+
+def test_a_client_error_without_an_http_status_is_not_transient() -> None:
+    is_transient = TransientErrors()
+    bare = ClientError({"Error": {"Code": "ValidationException"}}, "PutItem")
+    server = ClientError(
+        {"Error": {"Code": "InternalError"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+        "PutItem",
+    )
+
+    assert not is_transient(bare)
+    assert is_transient(server)
+
+
+# --- the early-checkpoint line ------------------------------------------------------------------
+
+
+def test_the_early_checkpoint_line_says_why_how_many_remain_and_which_record() -> None:
+    log = io.StringIO()
+
+    def action(record: StreamRecord) -> None:
+        if record.sequence_number == "2":
+            raise Transient("busy")
+
+    core = _core(action, log=log, retry=RetryPolicy(retries=0))
+    core.run(parse_records(_event(5)))
+
+    (line,) = [
+        json.loads(text)
+        for text in log.getvalue().splitlines()
+        if "checkpoint before the end of the batch" in text
+    ]
+    assert line["level"] == "WARNING"
+    assert line["message"] == "checkpoint before the end of the batch"
+    assert (line["cause"], line["remaining"], line["deliveredAgain"]) == ("transient", 4, 0)
+    assert (line["sequenceNumber"], line["keys"]) == ("2", {"childId": "c-2"})

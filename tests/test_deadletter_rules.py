@@ -1,0 +1,159 @@
+"""Dead-letter rules the other dead-letter tests leave open (found by `make mutation`): what the
+overflow pointer holds, what is logged when a large record cannot be parked, and what a reader
+says of a message it will not follow."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools import Logger
+
+from streams import Poison, SqsDeadLetterQueue, StreamProcessor, read_dead_letter
+from streams.deadletter import OVERFLOW_PREFIX, MalformedDeadLetter
+from streams.errors import UserError
+from tests.factories import FakeClock, dynamodb_event
+
+
+def _processor(queue: SqsDeadLetterQueue, message: str = "bad record") -> StreamProcessor:
+    def handle(record: Any) -> None:
+        if record.sequence_number == "2":
+            raise Poison(message)
+
+    clock = FakeClock()
+    return StreamProcessor(
+        handle,
+        dead_letters=queue,
+        clock=clock,
+        sleep=clock.sleep,
+        logger=Logger(service=f"test-{uuid.uuid4().hex}", stream=io.StringIO()),
+    )
+
+
+def _big_event() -> dict[str, Any]:
+    event = dynamodb_event(3)
+    event["Records"][1]["dynamodb"]["NewImage"]["blob"] = {"S": "x" * 5000}
+    return event
+
+
+def _small_queue(sqs: Any, name: str, size: int = 1024) -> str:
+    attributes = {"MaximumMessageSize": str(size)}
+    return str(sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"])
+
+
+def test_the_missing_queue_setting_is_one_line_saying_what_to_do() -> None:
+    with pytest.raises(UserError) as raised:
+        SqsDeadLetterQueue.from_environment({})
+
+    assert str(raised.value) == (
+        "DEAD_LETTER_QUEUE_URL is not set: poison records would have nowhere to go. "
+        "Set it (the template does) or pass dead_letters= to StreamProcessor."
+    )
+
+
+def test_the_overflow_pointer_is_compact_json_with_the_error_cut_to_1000_characters(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs, s3 = aws.client("sqs"), aws.client("s3")
+    url = _small_queue(sqs, unique_name, size=2048)  # the record (5 KB) goes to the bucket
+    s3.create_bucket(Bucket=unique_name)
+    queue = SqsDeadLetterQueue(url, bucket=unique_name, sqs=sqs, s3=s3)
+
+    assert _processor(queue, "e" * 1500).process(_big_event()) == {"batchItemFailures": []}
+
+    (message,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    body = message["Body"]
+    pointer = json.loads(body)
+    assert body == json.dumps(pointer, separators=(",", ":"))  # every byte counts against the limit
+    assert pointer["error"] == {"type": "Poison", "message": "e" * 1000, "traceback": None}
+    stored = s3.get_object(Bucket=unique_name, Key=pointer["overflow"]["key"])
+    assert stored["ContentType"] == "application/json"
+    assert json.loads(stored["Body"].read())["error"]["message"] == "e" * 1500
+
+
+def test_a_large_record_with_no_bucket_is_logged_as_not_parked_with_its_ids(
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sqs = aws.client("sqs")
+    queue = SqsDeadLetterQueue(_small_queue(sqs, unique_name), sqs=sqs)
+    event = _big_event()
+
+    with caplog.at_level(logging.ERROR, logger="streams.deadletter"):
+        _processor(queue).process(event)
+
+    (entry,) = [r for r in caplog.records if r.name == "streams.deadletter"]
+    assert entry.getMessage() == (
+        "dead-letter message too large for the queue and DEAD_LETTER_BUCKET is not set: "
+        "record not parked (it will be delivered again)"
+    )
+    assert entry.record["sequenceNumber"] == "2"  # type: ignore[attr-defined]
+    assert entry.record["eventID"] == event["Records"][1]["eventID"]  # type: ignore[attr-defined]
+
+
+def test_a_large_record_the_bucket_refuses_is_logged_with_the_error_and_its_ids(
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sqs, s3 = aws.client("sqs"), aws.client("s3")
+    missing_bucket = f"{unique_name}-missing"
+    queue = SqsDeadLetterQueue(
+        _small_queue(sqs, unique_name), bucket=missing_bucket, sqs=sqs, s3=s3
+    )
+
+    with caplog.at_level(logging.ERROR, logger="streams.deadletter"):
+        response = _processor(queue).process(_big_event())
+
+    assert response == {"batchItemFailures": [{"itemIdentifier": "2"}]}
+    (entry,) = [r for r in caplog.records if r.name == "streams.deadletter"]
+    assert entry.getMessage().startswith(
+        "cannot store a large dead-letter message in the overflow bucket: "
+    )
+    assert "NoSuchBucket" in entry.getMessage()
+    assert entry.record["sequenceNumber"] == "2"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("not json", "the message body is not JSON"),
+        ("[1]", "the message body is not a JSON object"),
+        ('{"overflow": {"bucket": "b"}}', "an overflow pointer without a bucket and a key"),
+        ('{"overflow": "s3://b/k"}', "an overflow pointer without a bucket and a key"),
+    ],
+)
+def test_a_reader_refuses_a_message_it_cannot_read_saying_why(body: str, message: str) -> None:
+    with pytest.raises(MalformedDeadLetter) as raised:
+        read_dead_letter(body, bucket="b")
+
+    assert str(raised.value) == message
+
+
+def test_a_reader_given_no_bucket_follows_no_pointer() -> None:
+    pointer = json.dumps({"overflow": {"bucket": "b", "key": f"{OVERFLOW_PREFIX}x.json"}})
+
+    with pytest.raises(MalformedDeadLetter) as raised:
+        read_dead_letter(pointer)
+
+    assert str(raised.value) == "an overflow pointer, but no overflow bucket is known to follow"
+
+
+@pytest.mark.parametrize(
+    ("bucket", "key"),
+    [("other", f"{OVERFLOW_PREFIX}x.json"), ("b", "elsewhere/x.json")],
+    ids=["another bucket", "outside the prefix"],
+)
+def test_a_reader_follows_no_pointer_outside_the_bucket_and_prefix(
+    aws: boto3.Session, bucket: str, key: str
+) -> None:
+    pointer = json.dumps({"overflow": {"bucket": bucket, "key": key}})
+
+    with pytest.raises(MalformedDeadLetter) as raised:
+        read_dead_letter(pointer, aws.client("s3"), bucket="b")
+
+    assert (
+        str(raised.value) == f"an overflow pointer outside s3://b/{OVERFLOW_PREFIX}: not followed"
+    )
