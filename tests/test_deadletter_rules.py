@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
 
 from streams import Poison, SqsDeadLetterQueue, StreamProcessor, read_dead_letter
 from streams.deadletter import OVERFLOW_PREFIX, MalformedDeadLetter
@@ -157,3 +158,54 @@ def test_a_reader_follows_no_pointer_outside_the_bucket_and_prefix(
     assert (
         str(raised.value) == f"an overflow pointer outside s3://b/{OVERFLOW_PREFIX}: not followed"
     )
+
+
+def _parked_pointer(aws: boto3.Session, name: str) -> tuple[str, dict[str, Any]]:
+    """A record parked through the bucket `name`: the pointer's SQS body and the full message."""
+    sqs, s3 = aws.client("sqs"), aws.client("s3")
+    url = _small_queue(sqs, name)
+    s3.create_bucket(Bucket=name)
+    event = _big_event()
+    _processor(SqsDeadLetterQueue(url, bucket=name, sqs=sqs, s3=s3)).process(event)
+    (message,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    return message["Body"], event["Records"][1]
+
+
+def test_a_reader_uses_the_s3_client_it_is_given(aws: boto3.Session, unique_name: str) -> None:
+    body, record = _parked_pointer(aws, unique_name)
+    s3 = aws.client("s3")
+    reads: list[str] = []
+    s3.meta.events.register(
+        "before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params["Key"])
+    )
+
+    message = read_dead_letter(body, s3, bucket=unique_name)
+
+    assert message["record"] == record
+    assert reads == [json.loads(body)["overflow"]["key"]]
+
+
+def test_a_reader_given_no_s3_client_makes_its_own(aws: boto3.Session, unique_name: str) -> None:
+    body, record = _parked_pointer(aws, unique_name)
+
+    assert read_dead_letter(body, bucket=unique_name)["record"] == record
+
+
+def test_a_pointer_to_an_object_that_is_gone_is_malformed_and_other_s3_errors_are_raised(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket=unique_name)
+    gone = json.dumps({"overflow": {"bucket": unique_name, "key": f"{OVERFLOW_PREFIX}gone.json"}})
+    missing_bucket = f"{unique_name}-missing"
+    no_bucket = json.dumps(
+        {"overflow": {"bucket": missing_bucket, "key": f"{OVERFLOW_PREFIX}x.json"}}
+    )
+
+    with pytest.raises(MalformedDeadLetter) as raised:
+        read_dead_letter(gone, s3, bucket=unique_name)
+    assert str(raised.value) == "its overflow object is missing"
+
+    with pytest.raises(ClientError) as error:
+        read_dead_letter(no_bucket, s3, bucket=missing_bucket)
+    assert error.value.response["Error"]["Code"] == "NoSuchBucket"
