@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -16,9 +17,19 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from streams import Poison, SqsDeadLetterQueue, StreamProcessor, read_dead_letter
-from streams.deadletter import OVERFLOW_PREFIX, MalformedDeadLetter
+from streams.deadletter import (
+    OVERFLOW_PREFIX,
+    DeadLetter,
+    ErrorInfo,
+    FunctionInfo,
+    MalformedDeadLetter,
+    _chunks,
+    dead_letter_message,
+)
 from streams.errors import UserError
-from tests.factories import FakeClock, dynamodb_event
+from streams.records import parse_records
+from tests.factories import FakeClock, dynamodb_event, dynamodb_record
+from tests.test_deadletter import RefuseEntries
 
 
 def _processor(queue: SqsDeadLetterQueue, message: str = "bad record") -> StreamProcessor:
@@ -209,3 +220,142 @@ def test_a_pointer_to_an_object_that_is_gone_is_malformed_and_other_s3_errors_ar
     with pytest.raises(ClientError) as error:
         read_dead_letter(no_bucket, s3, bucket=missing_bucket)
     assert error.value.response["Error"]["Code"] == "NoSuchBucket"
+
+
+# --- sending: sizes, chunks, retries --------------------------------------------------------------
+
+
+def _letter(sequence: int, message: str = "bad record", *, created: object = None) -> DeadLetter:
+    raw = dynamodb_record(sequence)
+    if created is not None:
+        raw["dynamodb"]["ApproximateCreationDateTime"] = created
+    (record,) = parse_records({"Records": [raw]})
+    return DeadLetter(
+        record=record,
+        reason="poison",
+        error=ErrorInfo("Poison", message, "Traceback ..."),
+        attempts=1,
+        failed_at=datetime(2026, 12, 4, 21, 30, 15, 123456, tzinfo=UTC),
+        function=FunctionInfo("processor", "$LATEST", "req-1"),
+    )
+
+
+def _size(letter: DeadLetter) -> int:
+    """What SQS counts: the body, and each attribute's name, data type and value."""
+    body = json.dumps(dead_letter_message(letter), separators=(",", ":"))
+    attributes = {"reason": "poison", "errorType": "Poison", "source": "aws:dynamodb"}
+    return len(body) + sum(len(name) + len("String") + len(v) for name, v in attributes.items())
+
+
+def test_the_message_gives_times_in_utc_created_to_the_second_failed_to_the_millisecond() -> None:
+    message = dead_letter_message(_letter(1, created=1_795_000_000.75))
+
+    assert message["approximateCreationTime"] == "2026-11-18T11:06:40Z"
+    assert message["failedAt"] == "2026-12-04T21:30:15.123Z"
+
+
+def test_a_record_whose_time_is_unreadable_is_parked_with_no_creation_time() -> None:
+    message = dead_letter_message(_letter(1, created="yesterday"))
+
+    assert message["approximateCreationTime"] is None
+
+
+@pytest.mark.parametrize(("over", "overflows"), [(0, False), (1, True)])
+def test_a_message_overflows_only_when_body_and_attributes_exceed_the_queues_limit(
+    aws: boto3.Session, unique_name: str, over: int, overflows: bool
+) -> None:
+    sqs, s3 = aws.client("sqs"), aws.client("s3")
+    url = _small_queue(sqs, unique_name, size=2048)
+    s3.create_bucket(Bucket=unique_name)
+    letter = _letter(1, "")
+    letter = _letter(1, "m" * (2048 - _size(letter) + over))
+    assert _size(letter) == 2048 + over
+
+    (message_id,) = SqsDeadLetterQueue(url, bucket=unique_name, sqs=sqs, s3=s3).park([letter])
+
+    (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
+    assert message["MessageId"] == message_id
+    body = json.loads(message["Body"])
+    assert ("overflow" in body, "record" in body) == (overflows, not overflows)
+    if not overflows:
+        assert message["Body"] == json.dumps(body, separators=(",", ":"))  # compact, as counted
+
+
+def test_a_letter_that_cannot_be_parked_does_not_keep_the_others_from_being_parked(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    sqs = aws.client("sqs")
+    url = _small_queue(sqs, unique_name, size=2048)
+    too_large, small = _letter(1, "x" * 3000), _letter(2)
+
+    kept = SqsDeadLetterQueue(url, sqs=sqs).park([too_large, small])
+
+    assert kept[0] is None
+    assert kept[1] is not None
+
+
+def _entries(sizes: list[int], limit: int) -> list[list[int]]:
+    ready: list[Any] = [(n, {"Id": str(n)}, size) for n, size in enumerate(sizes)]
+    return [[position for position, _, _ in chunk] for chunk in _chunks(ready, limit)]
+
+
+def test_send_calls_hold_at_most_10_entries_and_at_most_the_limit_in_bytes() -> None:
+    assert _entries([1] * 25, 1000) == [list(range(10)), list(range(10, 20)), list(range(20, 25))]
+    assert _entries([400, 600, 1, 999, 1000, 1], 1000) == [[0, 1], [2, 3], [4], [5]]
+
+
+def test_entries_sqs_refuses_are_sent_again_after_50_then_100_milliseconds(
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=unique_name)["QueueUrl"]
+    RefuseEntries(sqs, refusals=3)
+    sleeps: list[float] = []
+    queue = SqsDeadLetterQueue(url, sqs=sqs, sleep=sleeps.append)
+
+    with caplog.at_level(logging.ERROR, logger="streams.deadletter"):
+        kept = queue.park([_letter(1), _letter(2)])
+
+    assert kept[0] is None and kept[1] is not None
+    assert sleeps == [0.05, 0.1]
+    refusals = [r.getMessage() for r in caplog.records if r.name == "streams.deadletter"]
+    # Refused in the first call, and the refused entry alone in each call after it.
+    assert refusals[0] == "the dead-letter queue refused a message: InternalError None"
+
+
+def test_an_unreachable_queue_is_tried_three_times_and_each_failure_logged(
+    aws: boto3.Session, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sqs = aws.client("sqs")
+    url = f"{sqs.meta.endpoint_url}/123456789012/{unique_name}-missing"
+    calls: list[int] = []
+    sqs.meta.events.register(
+        "before-parameter-build.sqs.SendMessageBatch", lambda params, **_: calls.append(1)
+    )
+    queue = SqsDeadLetterQueue(url, sqs=sqs, sleep=lambda seconds: None)
+
+    with caplog.at_level(logging.ERROR, logger="streams.deadletter"):
+        assert queue.park([_letter(1)]) == [None]
+
+    assert len(calls) == 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "streams.deadletter"]
+    assert len(lines) == 3
+    assert all(
+        line.startswith("cannot send to the dead-letter queue: An error occurred (")
+        for line in lines
+    )
+
+
+def test_an_overflow_object_that_is_not_json_is_malformed(
+    aws: boto3.Session, unique_name: str
+) -> None:
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket=unique_name)
+    key = f"{OVERFLOW_PREFIX}broken.json"
+    s3.put_object(Bucket=unique_name, Key=key, Body=b"{broken")
+    pointer = json.dumps({"overflow": {"bucket": unique_name, "key": key}})
+
+    with pytest.raises(MalformedDeadLetter) as raised:
+        read_dead_letter(pointer, s3, bucket=unique_name)
+
+    assert str(raised.value) == "the overflow object is not JSON"
