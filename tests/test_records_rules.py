@@ -174,3 +174,63 @@ def test_a_kinesis_record_kept_past_its_batch_still_reads_its_dynamodb_change() 
     (record,) = kept
     assert record.dynamodb.event_name == "INSERT"
     assert record.dynamodb.keys == {"childId": "c-1"}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {"eventSource": "aws:kinesis", "dynamodb": {}},
+            "record data is not a DynamoDB change (eventSource)",
+        ),
+        (["not", "an", "object"], "record data is not a DynamoDB change (eventSource)"),
+        ({"eventSource": "aws:dynamodb", "dynamodb": []}, "record data has no dynamodb object"),
+    ],
+)
+def test_kinesis_data_that_is_not_a_dynamodb_change_is_refused_saying_why(
+    document: object, message: str
+) -> None:
+    (record,) = parse_records({"Records": [kinesis_record(1, json.dumps(document).encode())]})
+
+    with pytest.raises(RecordDecodeError) as raised:
+        record.dynamodb  # type: ignore[union-attr]  # noqa: B018
+
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("kinesis", ["not an object", {"sequenceNumber": ""}, {}])
+def test_a_kinesis_record_without_a_sequence_number_is_refused(kinesis: object) -> None:
+    with pytest.raises(RecordDecodeError) as raised:
+        KinesisRecord({"kinesis": kinesis})
+
+    assert str(raised.value) == "record has no kinesis.sequenceNumber"
+
+
+def test_kinesis_data_that_is_not_json_or_base64_is_refused_saying_so() -> None:
+    not_json = kinesis_record(1, b"{not json")
+    not_base64 = kinesis_record(2)
+    not_base64["kinesis"]["data"] = "***"
+    (first, second) = parse_records({"Records": [not_json, not_base64]})
+
+    with pytest.raises(RecordDecodeError) as raised:
+        first.json()  # type: ignore[union-attr]
+    assert str(raised.value).startswith("record data is not JSON: ")
+    with pytest.raises(RecordDecodeError) as raised:
+        second.data  # type: ignore[union-attr]  # noqa: B018
+    assert str(raised.value).startswith("invalid base64 in binary attribute: ")
+
+
+def test_a_dynamodb_records_log_fields_are_its_ids_and_keys_or_none_when_unreadable() -> None:
+    raw = dynamodb_record(3)
+    broken = dynamodb_record(4)
+    broken["dynamodb"]["Keys"] = {"childId": {"N": "not a number"}}
+
+    record, unreadable = parse_records({"Records": [raw, broken]})
+
+    assert record.log_fields() == {
+        "eventID": raw["eventID"],
+        "shardId": None,
+        "sequenceNumber": "3",
+        "keys": {"childId": "c-1"},
+    }
+    assert unreadable.log_fields()["keys"] is None
