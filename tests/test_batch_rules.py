@@ -65,22 +65,22 @@ def _poison(record: StreamRecord) -> None:
 # --- the concurrent drivers ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("driver", ["in order", *DRIVERS])
 @pytest.mark.parametrize("count", [12, 25])  # a full SQS batch of letters and then some
-def test_concurrent_letters_the_queue_refuses_checkpoint_at_the_first_refused_record(
+def test_letters_the_queue_refuses_checkpoint_at_the_first_refused_record(
     driver: str, count: int
 ) -> None:
     refused = {"5", str(count - 1)}
     sink = MemorySink(refuse=lambda letter: letter.record.sequence_number in refused)
-    core = _core(_handler(driver, _poison), sink=sink, concurrency=4)
+    core = _core(_handler(driver, _poison), sink=sink, concurrency=1 if driver == "in order" else 4)
 
     result = core.run(parse_records(_event(count)))
 
     assert result.failed_record is not None
     assert result.failed_record.sequence_number == "5"
     assert result.stop_cause == "dead-letter"
-    parked = sorted(int(letter.record.sequence_number) for letter in result.parked)
-    assert [n for n in parked if n <= 5] == [1, 2, 3, 4]
+    if driver == "in order":
+        assert [letter.record.sequence_number for letter in result.parked] == ["1", "2", "3", "4"]
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -146,8 +146,22 @@ def test_every_driver_fails_the_invocation_when_halt_after_is_reached(driver: st
         _handler(driver, action), halt_after=2, concurrency=1 if driver == "in order" else 2
     )
 
-    with pytest.raises(Halted, match=r"^2 consecutive KeyError failures \(halt_after=2\)"):
+    with pytest.raises(Halted) as raised:
         core.run(parse_records(_event(4)))
+
+    assert str(raised.value) == (
+        "2 consecutive KeyError failures (halt_after=2): failing the invocation instead of "
+        "parking more records"
+    )
+
+
+def test_explicit_poison_never_counts_towards_halt_after() -> None:
+    sink = MemorySink()
+    core = _core(_poison, sink=sink, halt_after=2)
+
+    result = core.run(parse_records(_event(4)))
+
+    assert (result.done, len(sink.kept)) == (4, 4)
 
 
 class AsyncBuffer:
@@ -305,3 +319,121 @@ def test_the_early_checkpoint_line_says_why_how_many_remain_and_which_record() -
     assert line["message"] == "checkpoint before the end of the batch"
     assert (line["cause"], line["remaining"], line["deliveredAgain"]) == ("transient", 4, 0)
     assert (line["sequenceNumber"], line["keys"]) == ("2", {"childId": "c-2"})
+
+
+# --- what the batch counts and logs -------------------------------------------------------------
+
+
+def _metrics(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    return dict(json.loads(capsys.readouterr().out.splitlines()[0]))
+
+
+@pytest.mark.parametrize("driver", ["in order", *DRIVERS])
+def test_every_driver_counts_processed_parked_and_retried_records(
+    driver: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tries: dict[str, int] = {}
+
+    def action(record: StreamRecord) -> None:
+        sequence = record.sequence_number
+        tries[sequence] = tries.get(sequence, 0) + 1
+        if sequence == "2" and tries[sequence] == 1:
+            raise Transient("busy once")
+        if sequence == "3":
+            raise Poison("never")
+
+    concurrency = 1 if driver == "in order" else 4
+    core = _core(_handler(driver, action), concurrency=concurrency)
+    capsys.readouterr()
+
+    result = core.run(parse_records(_event(5)))
+
+    assert (result.done, result.stop_cause, result.retries) == (5, None, 1)
+    assert sorted(tries) == ["1", "2", "3", "4", "5"]  # the batch goes on after the retry
+    metrics = _metrics(capsys)
+    assert metrics["RecordsProcessed"] == [4.0]
+    assert metrics["RecordsParked"] == [1.0]
+    assert metrics["TransientRetries"] == [1.0]
+    assert metrics["EarlyCheckpoints"] == [0.0]
+    if concurrency > 1:
+        assert metrics["RecordsDeliveredAgain"] == [0.0]
+
+
+def test_a_record_that_fails_transiently_then_as_poison_is_parked_and_the_batch_goes_on() -> None:
+    tries: list[str] = []
+
+    def action(record: StreamRecord) -> None:
+        tries.append(record.sequence_number)
+        if record.sequence_number == "1":
+            raise Transient("busy") if tries.count("1") == 1 else Poison("never")
+
+    sink = MemorySink()
+    result = _core(action, sink=sink).run(parse_records(_event(2)))
+
+    assert (result.done, result.stop_cause, result.retries) == (2, None, 1)
+    assert [(letter.reason, letter.attempts) for letter in sink.kept] == [("poison", 2)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_concurrent_letters_go_to_the_queue_in_batches_of_ten(driver: str) -> None:
+    sink = MemorySink()
+    _core(_handler(driver, _poison), sink=sink, concurrency=4).run(parse_records(_event(25)))
+
+    assert sink.calls == [10, 10, 5]
+
+
+def test_a_too_old_letter_names_the_function_too() -> None:
+    from datetime import timedelta
+
+    clock = FakeClock()
+    sink = MemorySink()
+    core = _core(
+        _always_transient,
+        sink=sink,
+        clock=clock,
+        retry=RetryPolicy(retries=0),
+        max_record_age=timedelta(seconds=1),
+    )
+
+    core.run(parse_records(_event(1, created=NOW - 10)), FakeContext(clock, deadline=NOW + 60))
+
+    assert [(letter.reason, letter.function.name) for letter in sink.kept] == [
+        ("too-old", "processor")
+    ]
+
+
+def test_a_letter_carries_pythons_formatted_traceback_of_the_error() -> None:
+    import traceback
+
+    error = Poison("never")
+
+    def action(record: StreamRecord) -> None:
+        raise error
+
+    sink = MemorySink()
+    _core(action, sink=sink).run(parse_records(_event(1)))
+
+    (letter,) = sink.kept
+    assert letter.error.traceback == "".join(traceback.format_exception(error))
+
+
+def test_the_parked_and_not_parked_lines_carry_reason_error_type_attempts_and_ids() -> None:
+    log = io.StringIO()
+    sink = MemorySink(refuse=lambda letter: letter.record.sequence_number == "2")
+
+    _core(_poison, sink=sink, log=log).run(parse_records(_event(2)))
+
+    parked, refused = [
+        json.loads(text)
+        for text in log.getvalue().splitlines()
+        if "parked" in json.loads(text)["message"]
+    ]
+    assert parked["message"] == "record parked"
+    assert (parked["reason"], parked["errorType"], parked["attempts"]) == ("poison", "Poison", 1)
+    assert (parked["sequenceNumber"], parked["deadLetterMessageId"]) == ("1", "memory-1")
+    assert refused["message"] == (
+        "record not parked: the dead-letter queue did not take it, so the batch checkpoints at it"
+    )
+    assert (refused["reason"], refused["errorType"], refused["attempts"]) == ("poison", "Poison", 1)
+    assert refused["sequenceNumber"] == "2"
+    assert "deadLetterMessageId" not in refused
