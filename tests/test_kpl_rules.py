@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from streams.kpl import KPL_MAGIC, AggregationUnavailable, deaggregate, may_be_aggregate
+from streams.records import parse_records
 from tests.factories import dynamodb_record, kinesis_record
 from tests.kcl_handlers import kpl_aggregate
 
@@ -97,3 +98,17 @@ def test_on_a_fips_host_the_digest_is_still_checked_and_the_error_says_why(
     assert message.endswith(
         "): it computes MD5 without usedforsecurity=False, which FIPS mode refuses"
     )
+
+
+def test_ordinary_kinesis_records_never_load_the_aggregation_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In this process, beside test_kpl's check in a child process."""
+    for name in [name for name in sys.modules if name.startswith("aws_kinesis_agg")]:
+        monkeypatch.delitem(sys.modules, name)
+    records = [kinesis_record(n, bytes([n])) for n in range(50)]
+
+    views = parse_records({"Records": records})
+
+    assert [view.raw for view in views] == records
+    assert not [name for name in sys.modules if name.startswith("aws_kinesis_agg")]

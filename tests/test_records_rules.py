@@ -234,3 +234,50 @@ def test_a_dynamodb_records_log_fields_are_its_ids_and_keys_or_none_when_unreada
         "keys": {"childId": "c-1"},
     }
     assert unreadable.log_fields()["keys"] is None
+
+
+@pytest.mark.parametrize("dynamodb", ["not an object", {"SequenceNumber": ""}, {}])
+def test_a_dynamodb_record_without_a_sequence_number_is_refused(dynamodb: object) -> None:
+    with pytest.raises(RecordDecodeError) as raised:
+        DynamoDBRecord({"dynamodb": dynamodb})
+
+    assert str(raised.value) == "record has no dynamodb.SequenceNumber"
+
+
+def test_an_arrival_time_that_is_not_epoch_seconds_is_refused_saying_what_it_got() -> None:
+    raw = kinesis_record(1)
+    raw["kinesis"]["approximateArrivalTimestamp"] = "yesterday"
+    (record,) = parse_records({"Records": [raw]})
+
+    with pytest.raises(RecordDecodeError) as raised:
+        record.record_time  # noqa: B018
+
+    assert str(raised.value) == "approximateArrivalTimestamp must be epoch seconds, got 'yesterday'"
+
+
+def _envelope(event: object) -> str:
+    with pytest.raises(EventError) as raised:
+        parse_records(event)
+    return str(raised.value)
+
+
+def test_an_event_lambda_could_not_have_sent_is_refused_saying_what_is_wrong() -> None:
+    first, second = dynamodb_record(1), dynamodb_record(2)
+    other_table = {**second, "eventSourceARN": "arn:aws:dynamodb:us-east-1:1:table/Other/stream/x"}
+
+    assert _envelope(["a list"]) == "a stream event is a JSON object, got list"
+    assert _envelope({"Records": "no"}) == "not a stream event: it has no Records list"
+    assert _envelope({"Records": [], "isFinalInvokeForWindow": False}) == (
+        "tumbling-window events are not supported by StreamProcessor yet "
+        "(remove TumblingWindowInSeconds or handle the window yourself)"
+    )
+    assert _envelope({"Records": [first, {**second, "eventSource": "aws:kinesis"}]}) == (
+        "record 1 comes from 'aws:kinesis'"
+    )
+    assert _envelope({"Records": [first, other_table]}) == (
+        f"records come from more than one eventSourceARN ({first['eventSourceARN']!r} and "
+        f"{other_table['eventSourceARN']!r}); Lambda never mixes sources or shards"
+    )
+    assert _envelope({"Records": [first, {**second, "dynamodb": {}}]}) == (
+        "record 1 has no sequence number"
+    )
