@@ -281,3 +281,23 @@ def test_an_event_lambda_could_not_have_sent_is_refused_saying_what_is_wrong() -
     assert _envelope({"Records": [first, {**second, "dynamodb": {}}]}) == (
         "record 1 has no sequence number"
     )
+
+
+@pytest.mark.parametrize("read", ["by name", "whole"])
+@pytest.mark.parametrize(
+    "attribute",
+    [{"B": "AA=!="}, {"B": "A"}, "a", ["a"]],
+    ids=["base64 with a stray character", "base64 cut short", "a one-letter string", "a list"],
+)
+def test_an_image_attribute_that_is_not_valid_dynamodb_json_is_poison_however_it_is_read(
+    read: str, attribute: object
+) -> None:
+    from streams.records import Image
+
+    image = Image({"id": {"S": "c-1"}, "value": attribute})
+
+    with pytest.raises(RecordDecodeError):
+        if read == "by name":
+            image["value"]
+        else:
+            dict(image.items())
