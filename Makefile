@@ -53,7 +53,7 @@ test: $(STAMP) $(CHECKOV_STAMP) $(KINESIS_MOCK_STAMP)
 	$(BIN)/ruff format --check streams processor tests bench
 	$(BIN)/mypy
 	$(BIN)/streams check --template template.yaml
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov
 
 # The KCL fleet tests (marker `fleet`, which `make test` leaves out): the real MultiLangDaemon,
 # with the stream on kinesis-mock and the lease tables on moto's server. Apart because each
