@@ -301,3 +301,17 @@ def test_an_image_attribute_that_is_not_valid_dynamodb_json_is_poison_however_it
             image["value"]
         else:
             dict(image.items())
+
+
+def test_a_binary_set_of_digits_decodes_as_binary_not_numbers() -> None:
+    assert decode_attribute_value({"BS": ["1234"]}) == {b"\xd7m\xf8"}
+
+
+@pytest.mark.parametrize(
+    "attribute_value",
+    [{"BS": ["AA==", "AA=!="]}, {"L": [{"M": {}, "S": "x"}]}],
+    ids=["a set member with a stray character", "a list member with two type keys"],
+)
+def test_a_malformed_member_of_a_set_or_list_is_refused(attribute_value: object) -> None:
+    with pytest.raises(RecordDecodeError):
+        decode_attribute_value(attribute_value)
