@@ -437,3 +437,61 @@ def test_the_parked_and_not_parked_lines_carry_reason_error_type_attempts_and_id
     assert (refused["reason"], refused["errorType"], refused["attempts"]) == ("poison", "Poison", 1)
     assert refused["sequenceNumber"] == "2"
     assert "deadLetterMessageId" not in refused
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_retry_policy_values_may_be_zero_but_not_negative() -> None:
+    RetryPolicy(retries=0, base_delay=0.0, max_delay=0.0)
+
+    for values in ({"retries": -1}, {"base_delay": -0.1}, {"max_delay": -0.1}):
+        with pytest.raises(ValueError, match=r"^RetryPolicy values must not be negative$"):
+            RetryPolicy(**values)  # type: ignore[arg-type]
+
+
+def test_halt_after_below_one_and_concurrency_below_one_are_refused_saying_so() -> None:
+    with pytest.raises(ValueError, match=r"^halt_after must be at least 1 \(or None for off\)$"):
+        _core(_poison, halt_after=0)
+    with pytest.raises(ValueError, match=r"^concurrency must be 1 or more, not 0$"):
+        _core(_poison, concurrency=0)
+
+
+def test_without_a_logger_metrics_or_queue_the_processor_takes_them_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "children")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Naughty")
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/1/dlq")
+    monkeypatch.delenv("DEAD_LETTER_BUCKET", raising=False)
+    clock = FakeClock()
+
+    def action(record: StreamRecord) -> None:
+        raise Transient("busy")
+
+    core = StreamProcessor(action, retry=RetryPolicy(retries=0), clock=clock, sleep=clock.sleep)
+    capsys.readouterr()
+    core.run(parse_records(_event(1)))
+
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (warning,) = [line for line in lines if line.get("level") == "WARNING"]
+    assert warning["service"] == "children"
+    (metrics,) = [line for line in lines if "_aws" in line]
+    assert metrics["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Naughty"
+    assert metrics["service"] == "children"
+    assert core.dead_letters.queue_url == "https://sqs.us-east-1.amazonaws.com/1/dlq"  # type: ignore[attr-defined]
+
+
+def test_an_async_handler_sleeps_between_retries_on_the_injected_clock() -> None:
+    clock = FakeClock()
+    tries: list[str] = []
+
+    async def handle(record: StreamRecord) -> None:
+        tries.append(record.sequence_number)
+        if len(tries) == 1:
+            raise Transient("busy")
+
+    result = _core(handle, clock=clock, concurrency=2).run(parse_records(_event(1)))
+
+    assert (tries, result.done) == (["1", "1"], 1)
+    assert clock.sleeps == [pytest.approx(0.2)]
