@@ -349,6 +349,7 @@ def test_every_driver_counts_processed_parked_and_retried_records(
     result = core.run(parse_records(_event(5)))
 
     assert (result.done, result.stop_cause, result.retries) == (5, None, 1)
+    assert [letter.record.sequence_number for letter in result.parked] == ["3"]
     assert sorted(tries) == ["1", "2", "3", "4", "5"]  # the batch goes on after the retry
     metrics = _metrics(capsys)
     assert metrics["RecordsProcessed"] == [4.0]
@@ -495,3 +496,21 @@ def test_an_async_handler_sleeps_between_retries_on_the_injected_clock() -> None
 
     assert (tries, result.done) == (["1", "1"], 1)
     assert clock.sleeps == [pytest.approx(0.2)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_record_that_stopped_the_batch_is_the_cause_even_when_time_ran_out_after_it(
+    driver: str,
+) -> None:
+    clock = FakeClock()
+
+    def action(record: StreamRecord) -> None:
+        clock.now += 60.0  # past the margin: nothing starts after this record
+        raise Transient("busy")
+
+    core = _core(_handler(driver, action), clock=clock, concurrency=2, retry=RetryPolicy(0))
+    result = core.run(parse_records(_event(3)), FakeContext(clock, deadline=clock.now + 30))
+
+    assert result.failed_record is not None
+    assert result.failed_record.sequence_number == "1"
+    assert result.stop_cause == "transient"
