@@ -514,3 +514,69 @@ def test_a_record_that_stopped_the_batch_is_the_cause_even_when_time_ran_out_aft
     assert result.failed_record is not None
     assert result.failed_record.sequence_number == "1"
     assert result.stop_cause == "transient"
+
+
+def test_metrics_carry_their_units_and_the_processors_service_in_every_document(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from aws_lambda_powertools import Metrics
+
+    def action(record: StreamRecord) -> None:
+        if record.sequence_number == "1":
+            raise Poison("never")
+
+    clock = FakeClock()
+    core = _core(
+        action,
+        clock=clock,
+        concurrency=2,  # the smallest concurrency that publishes RecordsDeliveredAgain
+        metrics=Metrics(namespace="Naughty", service="children"),
+    )
+    capsys.readouterr()
+
+    core.run(parse_records(_event(2, created=NOW)))  # created now: the age is 0
+
+    batch, by_reason = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    units = {m["Name"]: m["Unit"] for m in batch["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert units == {
+        "RecordsProcessed": "Count",
+        "RecordsParked": "Count",
+        "TransientRetries": "Count",
+        "EarlyCheckpoints": "Count",
+        "RecordsDeliveredAgain": "Count",
+        "IteratorAge": "Milliseconds",
+    }
+    assert batch["IteratorAge"] == [0.0]
+    (parked,) = by_reason["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+    assert parked == {"Name": "RecordsParked", "Unit": "Count"}
+    assert (by_reason["service"], by_reason["reason"]) == ("children", "poison")
+    assert by_reason["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Naughty"
+
+
+def test_a_batch_whose_last_record_has_an_unreadable_time_publishes_no_iterator_age(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    records = [kinesis_record(1), kinesis_record(2)]
+    records[1]["kinesis"]["approximateArrivalTimestamp"] = "yesterday"
+    core = _core(lambda record: None)
+    capsys.readouterr()
+
+    result = core.run(parse_records({"Records": records}))
+
+    assert result.done == 2
+    batch = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert "IteratorAge" not in batch
+
+
+def test_every_letter_of_a_flush_gets_its_line_after_one_the_queue_refused() -> None:
+    log = io.StringIO()
+    sink = MemorySink(refuse=lambda letter: letter.record.sequence_number == "1")
+
+    _core(_poison, sink=sink, log=log).run(parse_records(_event(3)))
+
+    messages = [json.loads(text)["message"] for text in log.getvalue().splitlines()]
+    assert [m.split(":")[0] for m in messages if "parked" in m] == [
+        "record not parked",
+        "record parked",
+        "record parked",
+    ]

@@ -74,6 +74,10 @@ def test_the_overflow_pointer_is_compact_json_with_the_error_cut_to_1000_charact
     sqs, s3 = aws.client("sqs"), aws.client("s3")
     url = _small_queue(sqs, unique_name, size=2048)  # the record (5 KB) goes to the bucket
     s3.create_bucket(Bucket=unique_name)
+    puts: list[str] = []
+    s3.meta.events.register(
+        "before-parameter-build.s3.PutObject", lambda params, **_: puts.append(params["Key"])
+    )
     queue = SqsDeadLetterQueue(url, bucket=unique_name, sqs=sqs, s3=s3)
 
     assert _processor(queue, "e" * 1500).process(_big_event()) == {"batchItemFailures": []}
@@ -83,6 +87,7 @@ def test_the_overflow_pointer_is_compact_json_with_the_error_cut_to_1000_charact
     pointer = json.loads(body)
     assert body == json.dumps(pointer, separators=(",", ":"))  # every byte counts against the limit
     assert pointer["error"] == {"type": "Poison", "message": "e" * 1000, "traceback": None}
+    assert puts == [pointer["overflow"]["key"]]  # through the client it was given
     stored = s3.get_object(Bucket=unique_name, Key=pointer["overflow"]["key"])
     assert stored["ContentType"] == "application/json"
     assert json.loads(stored["Body"].read())["error"]["message"] == "e" * 1500
