@@ -461,7 +461,8 @@ def test_halt_after_below_one_and_concurrency_below_one_are_refused_saying_so() 
 def test_without_a_logger_metrics_or_queue_the_processor_takes_them_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "children")
+    service = f"children-{uuid.uuid4().hex}"  # a logger of its own (Powertools keeps them by name)
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", service)
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Naughty")
     monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/1/dlq")
     monkeypatch.delenv("DEAD_LETTER_BUCKET", raising=False)
@@ -476,10 +477,10 @@ def test_without_a_logger_metrics_or_queue_the_processor_takes_them_from_the_env
 
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     (warning,) = [line for line in lines if line.get("level") == "WARNING"]
-    assert warning["service"] == "children"
+    assert warning["service"] == service
     (metrics,) = [line for line in lines if "_aws" in line]
     assert metrics["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Naughty"
-    assert metrics["service"] == "children"
+    assert metrics["service"] == service
     assert core.dead_letters.queue_url == "https://sqs.us-east-1.amazonaws.com/1/dlq"  # type: ignore[attr-defined]
 
 
