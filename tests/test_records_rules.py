@@ -37,6 +37,9 @@ from tests.factories import MemorySink, dynamodb_record, kinesis_record
         ({"L": [{"N": 1}]}, "number attribute must be a string, got int"),
         ({"M": ["a"]}, "M attribute must be an object, got list"),
         ({"X": "a"}, "unknown attribute type 'X'"),
+        ({"X": ["AAAA"]}, "unknown attribute type 'X'"),
+        ({"B": True}, "binary attribute must be a base64 string, got bool"),
+        ({"BS": "AAAA"}, "BS attribute must be an array, got str"),
         (
             {"S": "a", "N": "1"},
             "an attribute value is an object with exactly one type key, got {'S': 'a', 'N': '1'}",
