@@ -765,14 +765,20 @@ class StreamProcessor:
         if not pending:
             return None
         kept = self.dead_letters.park([letter for _, letter in pending])
-        first_unparked: int | None = None
+        # The concurrent drivers gather letters in the order records finish, not in position
+        # order: the checkpoint stops at the first position refused, and every letter before it
+        # that was kept counts as parked, wherever it stands in `pending`.
+        first_unparked = min(
+            (
+                position
+                for (position, _), kept_as in zip(pending, kept, strict=True)
+                if kept_as is None
+            ),
+            default=None,
+        )
         for (position, letter), message_id in zip(pending, kept, strict=True):
             self._log_parked(letter, message_id)
-            if message_id is None:
-                if first_unparked is None:
-                    first_unparked = position
-                continue
-            if first_unparked is None:
+            if message_id is not None and (first_unparked is None or position < first_unparked):
                 parked.append(letter)
         pending.clear()
         return first_unparked

@@ -581,3 +581,32 @@ def test_every_letter_of_a_flush_gets_its_line_after_one_the_queue_refused() -> 
         "record parked",
         "record parked",
     ]
+
+
+def test_a_letter_kept_before_the_first_refused_position_counts_as_parked_in_any_order() -> None:
+    """The concurrent drivers gather letters as records finish: the one of position 1 may come
+    before the one of position 0. If the queue refuses position 1's, position 0's letter was
+    still kept and counts as parked; the checkpoint stops at position 1."""
+    from datetime import UTC, datetime
+
+    from streams.deadletter import DeadLetter, ErrorInfo, FunctionInfo
+
+    records = parse_records(_event(3))
+    sink = MemorySink(refuse=lambda letter: letter.record is records[1])
+    processor = StreamProcessor(lambda record: None, dead_letters=sink)
+
+    def letter(position: int) -> DeadLetter:
+        return DeadLetter(
+            record=records[position],
+            reason="poison",
+            error=ErrorInfo("Poison", "", ""),
+            attempts=1,
+            failed_at=datetime.now(UTC),
+            function=FunctionInfo(name="f"),
+        )
+
+    parked: list[DeadLetter] = []
+    pending = [(2, letter(2)), (1, letter(1)), (0, letter(0))]  # as they finished
+    assert processor._flush(pending, parked) == 1
+    assert [found.record for found in parked] == [records[0]]
+    assert [kept.record for kept in sink.kept] == [records[2], records[0]]
