@@ -67,13 +67,15 @@ def deaggregate(raw: Mapping[str, Any]) -> list[UserRecord]:
     that is not a well-formed aggregate (no magic, digest mismatch, unreadable protobuf) comes back
     alone and unchanged, as KCL treats it too.
     """
+    # The KPL format's own test first: a record that fails it (text that is not even base64
+    # included, which the library would raise on) is an ordinary record, never split.
+    if not _is_aggregate(raw):
+        return [(raw, None)]
     split = _splitter()
     if isinstance(split, str):
-        if _is_aggregate(raw):
-            raise AggregationUnavailable(
-                f"record {raw['kinesis'].get('sequenceNumber')} is KPL-aggregated and {split}"
-            )
-        return [(raw, None)]
+        raise AggregationUnavailable(
+            f"record {raw['kinesis'].get('sequenceNumber')} is KPL-aggregated and {split}"
+        )
     user_records: list[UserRecord] = []
     for record in split([raw]):
         if record is raw:

@@ -112,3 +112,11 @@ def test_ordinary_kinesis_records_never_load_the_aggregation_library(
 
     assert [view.raw for view in views] == records
     assert not [name for name in sys.modules if name.startswith("aws_kinesis_agg")]
+
+
+def test_data_that_starts_like_an_aggregate_but_is_not_base64_is_an_ordinary_record() -> None:
+    """The library raises binascii.Error on such data; the KPL test comes first and refuses
+    it, so the handler gets the record (and may find it poison) instead of a traceback."""
+    record = kinesis_record(7, b"")
+    record["kinesis"]["data"] = "84mawg!!not base64"
+    assert deaggregate(record) == [(record, None)]
