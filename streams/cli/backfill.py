@@ -268,11 +268,13 @@ def _report(
         except _Interrupted:
             summary = None
     if summary is None:
-        print(
-            f"streams: stopped (Ctrl-C); every page offered is kept in {positions.where}: "
-            "run the same command again to go on",
-            file=messages,
+        kept = (
+            "positions were not kept (no --state): a rerun starts over"
+            if positions.where == "nowhere"
+            else f"every page offered is kept in {positions.where}: run the same command "
+            "again to go on"
         )
+        print(f"streams: stopped (Ctrl-C); {kept}", file=messages)
         return 130
     if args.json:
         print(json.dumps(summary.as_json()))
