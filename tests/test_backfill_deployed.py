@@ -153,3 +153,14 @@ def test_the_deployed_source_is_the_functions_one_dynamodb_stream_and_its_enviro
         source = DeployedSource.of(lambda_client, FUNCTION)
     assert source.stream_arn == stream
     assert source.environment == {"DEAD_LETTER_QUEUE_URL": "https://q"}
+
+
+def test_a_caller_without_permission_to_read_the_function_gets_one_clear_line(
+    lambda_client: Any,
+) -> None:
+    with Stubber(lambda_client) as stub:
+        stub.add_client_error(
+            "get_function_configuration", "AccessDeniedException", http_status_code=403
+        )
+        with pytest.raises(UserError, match="cannot read function projector's configuration"):
+            DeployedSource.of(lambda_client, FUNCTION)

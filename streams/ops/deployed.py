@@ -93,18 +93,23 @@ class DeployedSource:
     def of(cls, client: LambdaClient, name: str) -> DeployedSource:
         try:
             configuration = client.get_function_configuration(FunctionName=name)
-        except client.exceptions.ResourceNotFoundException:
-            raise UserError(f"no function {name} in this account and region") from None
-        streams = sorted(
-            {
-                mapping["EventSourceArn"]
-                for page in client.get_paginator("list_event_source_mappings").paginate(
-                    FunctionName=name
-                )
-                for mapping in page["EventSourceMappings"]
-                if ":dynamodb:" in mapping.get("EventSourceArn", "")
-            }
-        )
+            streams = sorted(
+                {
+                    mapping["EventSourceArn"]
+                    for page in client.get_paginator("list_event_source_mappings").paginate(
+                        FunctionName=name
+                    )
+                    for mapping in page["EventSourceMappings"]
+                    if ":dynamodb:" in mapping.get("EventSourceArn", "")
+                }
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException":
+                raise UserError(f"no function {name} in this account and region") from None
+            if code in _REFUSED:
+                raise UserError(f"cannot read function {name}'s configuration: {code}") from None
+            raise
         if len(streams) != 1:
             raise UserError(
                 f"function {name} has {len(streams)} DynamoDB stream event source mappings: "
