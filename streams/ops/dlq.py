@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
 
-__all__ = ["DeadLetterQueueReader", "ParkedMessage", "RedriveReport", "redrive"]
+__all__ = ["DeadLetterQueueReader", "ParkedMessage", "RedriveReport", "redrive", "sort_for_redrive"]
 
 #: How long received messages stay invisible to other readers while this one works on them.
 DEFAULT_VISIBILITY_SECONDS = 900
