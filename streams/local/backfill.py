@@ -31,10 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
-
 from streams.arn import Arn
-from streams.backoff import Backoff, is_throttling
+from streams.backoff import Backoff
+from streams.batch import TransientErrors
 from streams.deadletter import (
     DeadLetter,
     DeadLetterSink,
@@ -66,6 +65,8 @@ BACKFILL_SEQUENCE_NUMBER = "0"
 MAX_EVENT_BYTES = 6 * 1024 * 1024 - 1024
 #: The state table's items of a backfill: one per segment, in the mapping's partition.
 BACKFILL_PREFIX = "backfill#"
+#: Throttling, 5xx, dropped connections and timeouts: the batch core's own rule.
+_TRANSIENT = TransientErrors()
 
 
 def synthetic_record(
@@ -526,12 +527,9 @@ class Backfill:
         while True:
             try:
                 page: dict[str, Any] = self._dynamodb.scan(**request)
-            except ClientError as error:
-                status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-                if not (is_throttling(error) or status >= 500):
+            except Exception as error:
+                if not _TRANSIENT(error):
                     raise
-            except (ConnectionError, ReadTimeoutError):
-                pass
             else:
                 return page
             if self._stopping.is_set():

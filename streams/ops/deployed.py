@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
+from botocore.exceptions import ClientError
 
-from streams.backoff import THROTTLING_CODES
+from streams.batch import TransientErrors
 from streams.errors import UserError
 from streams.mapping.invoke import FunctionError, InvokeResult, NotInvoked
 
@@ -26,10 +26,19 @@ if TYPE_CHECKING:
 
 __all__ = ["DeployedFunction", "DeployedSource"]
 
+#: Throttling, 5xx, dropped connections and timeouts: the batch core's own rule.
+_TRANSIENT = TransientErrors()
+
 #: Answers of Invoke that mean the request is wrong for good (the function, its permissions).
 _REFUSED = frozenset(
     {"ResourceNotFoundException", "AccessDeniedException", "InvalidParameterValueException"}
 )
+
+
+def _code(error: BaseException) -> str:
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
 
 
 class DeployedFunction:
@@ -44,17 +53,15 @@ class DeployedFunction:
             response = self._client.invoke(
                 FunctionName=self.name, InvocationType="RequestResponse", Payload=body
             )
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            if code in THROTTLING_CODES or status >= 500:
-                raise NotInvoked(code) from None
+        except Exception as error:
+            code = _code(error)
+            if _TRANSIENT(error):
+                # Offered again: a handler with a newer-than guard repeats harmlessly (a timeout
+                # may come after the function ran).
+                raise NotInvoked(code or type(error).__name__) from None
             if code in _REFUSED:
                 raise UserError(f"cannot invoke {self.name}: {code}") from None
             raise
-        except (ConnectionError, ReadTimeoutError) as error:
-            # The batch is offered again: a handler with a newer-than guard repeats harmlessly.
-            raise NotInvoked(type(error).__name__) from None
         raw = response["Payload"].read()
         payload = json.loads(raw) if raw else None
         request_id = response.get("ResponseMetadata", {}).get("RequestId", "")
@@ -104,7 +111,7 @@ class DeployedSource:
                 }
             )
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
+            code = _code(error)
             if code == "ResourceNotFoundException":
                 raise UserError(f"no function {name} in this account and region") from None
             if code in _REFUSED:
