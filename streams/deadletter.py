@@ -196,15 +196,23 @@ class SqsDeadLetterQueue:
         self._max_bytes: int | None = None
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> SqsDeadLetterQueue:
-        """The queue named by `DEAD_LETTER_QUEUE_URL`, overflowing to `DEAD_LETTER_BUCKET`."""
+    def from_environment(
+        cls,
+        environ: Mapping[str, str] = os.environ,
+        *,
+        sqs: SQSClient | None = None,
+        s3: S3Client | None = None,
+    ) -> SqsDeadLetterQueue:
+        """The queue named by `DEAD_LETTER_QUEUE_URL`, overflowing to `DEAD_LETTER_BUCKET`
+        (a function's environment, `os.environ` by default), reached with `sqs` and `s3`
+        (default: made on first use)."""
         url = environ.get("DEAD_LETTER_QUEUE_URL")
         if not url:
             raise UserError(
                 "DEAD_LETTER_QUEUE_URL is not set: poison records would have nowhere to go. "
                 "Set it (the template does) or pass dead_letters= to StreamProcessor."
             )
-        return cls(url, bucket=environ.get("DEAD_LETTER_BUCKET") or None)
+        return cls(url, bucket=environ.get("DEAD_LETTER_BUCKET") or None, sqs=sqs, s3=s3)
 
     @property
     def sqs(self) -> SQSClient:

@@ -191,10 +191,8 @@ def _deployed(args: argparse.Namespace, messages: TextIO) -> int:
     positions = SegmentPositions(
         None if args.state is None else FilePositions(args.state), segments, fresh=args.fresh
     )
-    named = SqsDeadLetterQueue.from_environment(source.environment)
-    sink = SqsDeadLetterQueue(
-        named.queue_url,
-        bucket=named.bucket,
+    sink = SqsDeadLetterQueue.from_environment(
+        source.environment,
         sqs=session.client("sqs", endpoint_url=service_endpoint("sqs", None)),
         s3=session.client("s3", endpoint_url=service_endpoint("s3", None)),
     )

@@ -681,11 +681,9 @@ def function_backfill(
     """A backfill of `mapping`'s function in warm worker processes of its own (as `streams run`
     runs it), parking in the function's own dead-letter queue (its environment names it)."""
     spec = mapping.function_spec
-    named = SqsDeadLetterQueue.from_environment(spec.environment)
     endpoint = mapping.endpoint_url
-    sink = SqsDeadLetterQueue(
-        named.queue_url,
-        bucket=named.bucket,
+    sink = SqsDeadLetterQueue.from_environment(
+        spec.environment,
         sqs=session.client("sqs", endpoint_url=service_endpoint("sqs", endpoint)),
         s3=session.client("s3", endpoint_url=service_endpoint("s3", endpoint)),
     )
