@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import boto3
 from botocore.config import Config
@@ -145,12 +145,7 @@ def _local(args: argparse.Namespace, messages: TextIO) -> int:
     positions = local_positions(
         mapping, dynamodb, stream_arn, segments, state=args.state, fresh=args.fresh
     )
-    settings = BackfillSettings(
-        segments=segments,
-        read_units_per_second=target.read_rate(args.max_read_share, args.read_rate),
-        consistent_read=args.consistent_read,
-        deadline_seconds=mapping.function_spec.timeout,
-    )
+    settings = _settings(args, target, segments, deadline_seconds=mapping.function_spec.timeout)
 
     def run(on_page: OnPage) -> BackfillSummary:
         with function_backfill(
@@ -196,12 +191,7 @@ def _deployed(args: argparse.Namespace, messages: TextIO) -> int:
         sqs=session.client("sqs", endpoint_url=service_endpoint("sqs", None)),
         s3=session.client("s3", endpoint_url=service_endpoint("s3", None)),
     )
-    settings = BackfillSettings(
-        segments=segments,
-        read_units_per_second=target.read_rate(args.max_read_share, args.read_rate),
-        consistent_read=args.consistent_read,
-        concurrency=args.concurrency,
-    )
+    settings = _settings(args, target, segments, concurrency=args.concurrency)
 
     def run(on_page: OnPage) -> BackfillSummary:
         return _interruptible(
@@ -221,6 +211,18 @@ def _deployed(args: argparse.Namespace, messages: TextIO) -> int:
         )
 
     return _report(args, messages, target, positions, run)
+
+
+def _settings(
+    args: argparse.Namespace, target: BackfillTarget, segments: int, **where: Any
+) -> BackfillSettings:
+    """The scan's settings from the command line; `where` adds those of where it runs."""
+    return BackfillSettings(
+        segments=segments,
+        read_units_per_second=target.read_rate(args.max_read_share, args.read_rate),
+        consistent_read=args.consistent_read,
+        **where,
+    )
 
 
 def _interruptible(backfill: Backfill) -> BackfillSummary:
