@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -124,20 +125,32 @@ def _clients(endpoint: Endpoint) -> tuple[SQSClient, S3Client]:
     )
 
 
-def _stack_output(endpoint: Endpoint, name: str) -> str | None:
-    if endpoint.stack_name is None:
-        return None
-    cloudformation = endpoint.session().client(
-        "cloudformation", endpoint_url=service_endpoint("cloudformation", endpoint.url)
-    )
-    return (stack_outputs(cloudformation, endpoint.stack_name) or {}).get(name)
+class _StackOutputs:
+    """The recorded stack's outputs, described once per command, when first needed (none
+    without a recorded stack)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+
+    @functools.cached_property
+    def all(self) -> dict[str, str]:
+        endpoint = self._endpoint
+        if endpoint.stack_name is None:
+            return {}
+        cloudformation = endpoint.session().client(
+            "cloudformation", endpoint_url=service_endpoint("cloudformation", endpoint.url)
+        )
+        return stack_outputs(cloudformation, endpoint.stack_name) or {}
+
+    def get(self, name: str) -> str | None:
+        return self.all.get(name)
 
 
-def _queue(args: argparse.Namespace, endpoint: Endpoint) -> str:
+def _queue(args: argparse.Namespace, outputs: _StackOutputs) -> str:
     url: str | None = (
         args.queue_url
         or os.environ.get("DEAD_LETTER_QUEUE_URL")
-        or _stack_output(endpoint, "DeadLetterQueueUrl")
+        or outputs.get("DeadLetterQueueUrl")
     )
     if not url:
         raise UserError(
@@ -149,20 +162,21 @@ def _queue(args: argparse.Namespace, endpoint: Endpoint) -> str:
 
 def _reader(
     args: argparse.Namespace, visibility: int = 30
-) -> tuple[DeadLetterQueueReader, Endpoint]:
+) -> tuple[DeadLetterQueueReader, Endpoint, _StackOutputs]:
     endpoint = current_endpoint()
     print(endpoint.describe(), file=sys.stderr)
+    outputs = _StackOutputs(endpoint)
     sqs, s3 = _clients(endpoint)
-    url = _queue(args, endpoint)
+    url = _queue(args, outputs)
     print(f"dead-letter queue: {url}", file=sys.stderr)
-    bucket = os.environ.get("DEAD_LETTER_BUCKET") or _stack_output(endpoint, "DeadLetterBucketName")
+    bucket = os.environ.get("DEAD_LETTER_BUCKET") or outputs.get("DeadLetterBucketName")
     reader = DeadLetterQueueReader(
         url, sqs=sqs, s3=s3, bucket=bucket, visibility_seconds=visibility
     )
-    return reader, endpoint
+    return reader, endpoint, outputs
 
 
-def _use_function_environment(endpoint: Endpoint) -> None:
+def _use_function_environment(endpoint: Endpoint, outputs: _StackOutputs) -> None:
     """Against the stack `streams local up` recorded, the handler runs with its function's
     environment (the stack's resources, the region, the endpoint and its credentials), as
     `streams run` gives it; variables already set win, except credentials."""
@@ -171,12 +185,8 @@ def _use_function_environment(endpoint: Endpoint) -> None:
         return
     if recorded.template is None or recorded.endpoint_url != endpoint.url:
         return
-    cloudformation = endpoint.session().client(
-        "cloudformation", endpoint_url=service_endpoint("cloudformation", endpoint.url)
-    )
-    outputs = stack_outputs(cloudformation, endpoint.stack_name) or {}
     plan = plan_template(recorded.template, region=endpoint.region)
-    functions, _ = plan.functions(outputs)
+    functions, _ = plan.functions(outputs.all)
     streamed = [spec for spec in functions.values() if spec.event_sources]
     if len(streamed) != 1:
         return  # no one function the handler belongs to: the user's environment decides
@@ -220,7 +230,7 @@ def _summary(message: ParkedMessage) -> dict[str, Any]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    reader, _ = _reader(args)
+    reader, _, _ = _reader(args)
     messages = reader.peek(args.limit)
     chosen = [
         m
@@ -263,7 +273,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    reader, _ = _reader(args)
+    reader, _, _ = _reader(args)
     messages = reader.peek()
     found = [m for m in messages if m.message_id.startswith(args.message_id)]
     exact = [m for m in found if m.message_id == args.message_id]
@@ -282,15 +292,15 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    reader, endpoint = _reader(args, visibility=args.visibility_timeout)
+    reader, endpoint, outputs = _reader(args, visibility=args.visibility_timeout)
     source_arn: str | None = None
     if not args.any_source:
-        source_arn = args.stream_arn or _stack_output(endpoint, "SourceTableStreamArn")
+        source_arn = args.stream_arn or outputs.get("SourceTableStreamArn")
         if not source_arn:
             raise UserError(
                 "which stream's records to replay? pass --stream-arn ARN (or --any-source)"
             )
-    _use_function_environment(endpoint)
+    _use_function_environment(endpoint, outputs)
     handler = load_handler(args.handler)
     if args.dry_run:
         # The same choice as a redrive: never malformed messages or another stream's records.
@@ -328,8 +338,8 @@ def _redrive(args: argparse.Namespace) -> int:
 
 
 def _hydrate(args: argparse.Namespace) -> int:
-    reader, endpoint = _reader(args)
-    source_url = args.from_queue or _stack_output(endpoint, "OnFailureQueueUrl")
+    reader, endpoint, outputs = _reader(args)
+    source_url = args.from_queue or outputs.get("OnFailureQueueUrl")
     if not source_url:
         raise UserError("no on-failure queue: pass --from-queue URL (or run `streams local up`)")
     print(f"on-failure queue: {source_url}", file=sys.stderr)
@@ -384,7 +394,7 @@ def _hydrate(args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
-    reader, endpoint = _reader(args)
+    reader, endpoint, _ = _reader(args)
     if not endpoint.is_local and not args.yes:
         if not sys.stdin.isatty():
             raise UserError("refusing to purge a queue on AWS without --yes (no terminal to ask)")
