@@ -69,7 +69,7 @@ from streams.local.template import DEFAULT_TEMPLATE
 from streams.monitor.history import MonitorSampler
 from streams.monitor.local import LocalMonitor
 from streams.monitor.model import queues_from_outputs
-from streams.ops.dlq import DeadLetterQueueReader
+from streams.ops.dlq import DeadLetterQueueReader, ParkedMessage
 from streams.writer import TableWriter
 
 if TYPE_CHECKING:
@@ -252,7 +252,8 @@ class BackfillScenario:
             # A child whose malformed state the scan read (and parked) had a valid state at the
             # horizon only if a malformed update replaced it before the scan got there: that
             # state was gone from the table and the stream alike, nothing could offer it.
-            scanned_malformed = parked_by_scan(reader)
+            messages = reader.peek()
+            scanned_malformed = parked_by_scan(messages)
             accounted = [
                 *(
                     update
@@ -262,7 +263,7 @@ class BackfillScenario:
                 *(u for i, u in enumerate(after) if i not in failed_after),
             ]
             verification = verify(
-                accounted, delivered, parked_images(reader, reasons=("poison", "backfill"))
+                accounted, delivered, parked_images(messages, reasons=("poison", "backfill"))
             )
             changed_after = {str(update["childId"]) for update in after}
             only_in_table = {
@@ -357,11 +358,11 @@ class BackfillScenario:
         return summary, {failure.seq for failure in writer.report.failed}, last_write
 
 
-def parked_by_scan(reader: DeadLetterQueueReader) -> set[str]:
+def parked_by_scan(messages: Sequence[ParkedMessage]) -> set[str]:
     """The children parked from a synthetic record (the backfill's sequence number)."""
     return {
         str(message.record["dynamodb"]["Keys"]["childId"]["S"])
-        for message in reader.peek()
+        for message in messages
         if message.record.get("dynamodb", {}).get("SequenceNumber") == BACKFILL_SEQUENCE_NUMBER
     }
 

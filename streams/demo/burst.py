@@ -51,7 +51,7 @@ from streams.local.stack import DeployedStack, deploy_template
 from streams.monitor.history import MonitorSampler
 from streams.monitor.local import LocalMonitor
 from streams.monitor.model import MonitorSnapshot, queues_from_outputs
-from streams.ops.dlq import DeadLetterQueueReader
+from streams.ops.dlq import DeadLetterQueueReader, ParkedMessage
 from streams.writer import TableWriter, WriteReport
 
 FUNCTION = "ProcessorFunction"
@@ -198,10 +198,9 @@ def delivered_children(client: Any, table: str) -> dict[str, dict[str, Any]]:
 
 
 def parked_images(
-    reader: DeadLetterQueueReader, *, reasons: Sequence[str] = ("poison",)
+    messages: Sequence[ParkedMessage], *, reasons: Sequence[str] = ("poison",)
 ) -> list[dict[str, Any]]:
     """The new images of the records parked for one of `reasons`, decoded."""
-    messages = reader.peek()
     images = []
     for message in messages:
         if message.reason not in reasons:
@@ -333,7 +332,7 @@ class Demo:
                     sqs=sqs,
                     s3=session.client("s3", endpoint_url=service_endpoint("s3", endpoint.url)),
                     bucket=stack.outputs.get("DeadLetterBucketName"),
-                )
+                ).peek()
             ),
             failed={failure.seq for failure in report.failed},
         )
